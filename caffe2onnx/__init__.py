@@ -1,0 +1,134 @@
+"""caffe2onnx: convert Caffe networks to ONNX and prove the result computes the same thing.
+
+Public API::
+
+    net = caffe2onnx.load_net("deploy.prototxt", "weights.caffemodel")
+    model = caffe2onnx.convert("deploy.prototxt", "weights.caffemodel", opset=17)
+    report = caffe2onnx.validate("deploy.prototxt", "weights.caffemodel")
+    module = caffe2onnx.to_torch("deploy.prototxt", "weights.caffemodel")
+
+Importing caffe2onnx and converting never import torch; only validation and
+``to_torch`` do. The library never configures logging.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from caffe2onnx.errors import (
+    Caffe2OnnxError,
+    LayerError,
+    NetDefinitionError,
+    ParseError,
+    ShapeError,
+    UnsupportedLayersError,
+    ValidationMismatch,
+    WeightError,
+)
+from caffe2onnx.ir import Layer, Net
+from caffe2onnx.parser import load_net
+
+if TYPE_CHECKING:
+    import onnx
+
+    from caffe2onnx.torch_ref import CaffeNetModule
+    from caffe2onnx.validation import ValidationReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Caffe2OnnxError",
+    "Layer",
+    "LayerError",
+    "Net",
+    "NetDefinitionError",
+    "ParseError",
+    "ShapeError",
+    "UnsupportedLayersError",
+    "ValidationMismatch",
+    "WeightError",
+    "convert",
+    "load_net",
+    "make_weights",
+    "to_torch",
+    "validate",
+]
+
+
+def convert(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    **load_options: Any,
+) -> onnx.ModelProto:
+    """Convert a Caffe net to an ONNX model (checker-clean, shape-inferred).
+
+    ``load_options`` are those of :func:`load_net` (``input_shapes``,
+    ``random_weights``, ``python_layers``, ``outputs``).
+    """
+    from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
+
+    net = load_net(prototxt, caffemodel, **load_options)
+    return to_onnx(net, opset or DEFAULT_OPSET)
+
+
+def validate(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    onnx_model: onnx.ModelProto | str | os.PathLike[str] | None = None,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+    inputs: Mapping[str, Any] | None = None,
+    opset: int | None = None,
+    **load_options: Any,
+) -> ValidationReport:
+    """Compare an ONNX model (ours by default) with the PyTorch reference, blob by blob."""
+    import onnx as onnx_lib
+
+    from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
+    from caffe2onnx.validation import DEFAULT_ATOL, DEFAULT_RTOL, compare_net
+
+    net = load_net(prototxt, caffemodel, **load_options)
+    if onnx_model is None:
+        model = to_onnx(net, opset or DEFAULT_OPSET)
+    elif isinstance(onnx_model, onnx_lib.ModelProto):
+        model = onnx_model
+    else:
+        model = onnx_lib.load(os.fspath(onnx_model))
+    return compare_net(
+        net,
+        model,
+        inputs=inputs,
+        rtol=DEFAULT_RTOL if rtol is None else rtol,
+        atol=DEFAULT_ATOL if atol is None else atol,
+        seed=seed,
+    )
+
+
+def to_torch(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    **load_options: Any,
+) -> CaffeNetModule:
+    """The Caffe net as a PyTorch ``nn.Module`` holding the Caffe weights as parameters."""
+    from caffe2onnx.torch_ref import build_module
+
+    return build_module(load_net(prototxt, caffemodel, **load_options))
+
+
+def make_weights(
+    prototxt: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    seed: int = 0,
+    **options: Any,
+) -> Net:
+    """Write seeded random weights for ``prototxt`` as a binary caffemodel."""
+    from caffe2onnx.make_weights import make_weights as _make_weights
+
+    return _make_weights(prototxt, output, seed=seed, **options)
+
+

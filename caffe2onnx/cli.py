@@ -1,0 +1,261 @@
+"""The ``caffe2onnx`` command line: convert | validate | inspect | make-weights.
+
+Exit codes: 0 success, 1 numeric mismatch, 2 bad input or unsupported layers,
+3 internal error (a bug: please report it). Errors are one clear message; ``--debug``
+shows the traceback. This module, not the library, configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from caffe2onnx.errors import Caffe2OnnxError
+
+log = logging.getLogger("caffe2onnx")
+
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class UsageError(Caffe2OnnxError):
+    pass
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=N,C,H,W (e.g. data=1,3,224,224), got {text!r}"
+        )
+    return name, shape
+
+
+def _python_layer(text: str) -> tuple[str, str]:
+    key, sep, layer_type = text.partition("=")
+    if not sep or "." not in key or not layer_type:
+        raise argparse.ArgumentTypeError(
+            f"expected module.Class=Type (e.g. spatial_dropout.SpatialDropoutLayer=Dropout), got {text!r}"
+        )
+    return key, layer_type
+
+
+def _outputs(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_net_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    parser.add_argument("prototxt", help="the net definition (.prototxt)")
+    if weights:
+        parser.add_argument("caffemodel", nargs="?", help="trained weights (.caffemodel)")
+    parser.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        action="append",
+        default=[],
+        metavar="NAME=N,C,H,W",
+        help="shape of a net input or data layer top (repeatable)",
+    )
+    parser.add_argument(
+        "--python-layer",
+        type=_python_layer,
+        action="append",
+        default=[],
+        metavar="MODULE.CLASS=TYPE",
+        help="convert a Python layer with the handler of TYPE (repeatable)",
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from caffe2onnx import __version__
+    from caffe2onnx.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+    from caffe2onnx.validation import DEFAULT_ATOL, DEFAULT_RTOL
+
+    parser = argparse.ArgumentParser(
+        prog="caffe2onnx", description="Convert Caffe networks to ONNX and prove them equal."
+    )
+    parser.add_argument("--version", action="version", version=f"caffe2onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="convert a Caffe net to ONNX")
+    _add_net_arguments(convert)
+    convert.add_argument("-o", "--output", help="the ONNX file to write (default: <prototxt>.onnx)")
+    convert.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"
+    )
+    convert.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights for layers without weights")
+    convert.add_argument("--outputs", type=_outputs, metavar="BLOB,...", help="graph outputs (cuts the net)")
+    convert.add_argument("--validate", action="store_true", help="validate the result against the PyTorch reference")
+    convert.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    convert.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    _add_common(convert)
+
+    validate = sub.add_parser("validate", help="compare an ONNX model with the Caffe net, blob by blob")
+    _add_net_arguments(validate)
+    validate.add_argument("--onnx", help="the ONNX file to check (default: convert in memory)")
+    validate.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    validate.add_argument("--random-weights", type=int, metavar="SEED")
+    validate.add_argument("--outputs", type=_outputs, metavar="BLOB,...")
+    validate.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    validate.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    validate.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    _add_common(validate)
+
+    inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and problems")
+    _add_net_arguments(inspect)
+    _add_common(inspect)
+
+    make = sub.add_parser("make-weights", help="write seeded random weights as a caffemodel")
+    _add_net_arguments(make, weights=False)
+    make.add_argument("-o", "--output", required=True, help="the .caffemodel to write")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--layout", choices=("V2", "V1"), default="V2", help="caffemodel layout")
+    _add_common(make)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    options = {
+        "input_shapes": dict(args.input_shape),
+        "python_layers": dict(args.python_layer),
+    }
+    if getattr(args, "random_weights", None) is not None:
+        options["random_weights"] = args.random_weights
+    if getattr(args, "outputs", None):
+        options["outputs"] = args.outputs
+    return options
+
+
+def _print_report(report, quiet: bool) -> int:
+    if not quiet:
+        print(report.table())
+    print(report.summary())
+    return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import onnx
+
+    from caffe2onnx.atomic import atomic_output, check_output_dir
+    from caffe2onnx.onnx_export import to_onnx
+    from caffe2onnx.parser import load_net
+
+    output = args.output or os.path.splitext(os.path.basename(args.prototxt))[0] + ".onnx"
+    check_output_dir(output)
+    net = load_net(args.prototxt, args.caffemodel, **_load_options(args))
+    for note in net.notes:
+        log.info("note: %s", note)
+    model = to_onnx(net, args.opset)
+    with atomic_output(output) as handle:
+        handle.write(model.SerializeToString())
+    log.info(
+        "wrote %s: %d layers, %d parameters, opset %d, outputs %s",
+        output,
+        len(net.layers),
+        net.parameter_count(),
+        args.opset,
+        ", ".join(net.outputs),
+    )
+    del onnx
+    if args.validate:
+        from caffe2onnx.validation import compare_net
+
+        report = compare_net(net, model, rtol=args.rtol, atol=args.atol)
+        return _print_report(report, args.quiet)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from caffe2onnx import validate
+
+    report = validate(
+        args.prototxt,
+        args.caffemodel,
+        args.onnx,
+        rtol=args.rtol,
+        atol=args.atol,
+        seed=args.seed,
+        opset=args.opset,
+        **_load_options(args),
+    )
+    return _print_report(report, args.quiet)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from caffe2onnx.inspect import inspect_net
+
+    text, ok = inspect_net(args.prototxt, args.caffemodel, **_load_options(args))
+    print(text)
+    return EXIT_OK if ok else EXIT_BAD_INPUT
+
+
+def cmd_make_weights(args: argparse.Namespace) -> int:
+    from caffe2onnx.make_weights import make_weights
+
+    net = make_weights(
+        args.prototxt,
+        args.output,
+        seed=args.seed,
+        layout=args.layout,
+        **_load_options(args),
+    )
+    log.info("wrote %s for net '%s' (seed %d)", args.output, net.name, args.seed)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "convert": cmd_convert,
+    "validate": cmd_validate,
+    "inspect": cmd_inspect,
+    "make-weights": cmd_make_weights,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except Caffe2OnnxError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in caffe2onnx; run again with --debug and report the traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
