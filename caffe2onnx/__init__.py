@@ -130,5 +130,3 @@ def make_weights(
     from caffe2onnx.make_weights import make_weights as _make_weights
 
     return _make_weights(prototxt, output, seed=seed, **options)
-
-

@@ -104,9 +104,7 @@ def _decode_blob(buf: memoryview, start: int, end: int) -> np.ndarray:
     for d in shape:
         count *= d
     if count != values.size:
-        raise WireError(
-            f"blob declares shape {shape} ({count} values) but holds {values.size} values", start
-        )
+        raise WireError(f"blob declares shape {shape} ({count} values) but holds {values.size} values", start)
     return values.reshape(shape)
 
 
@@ -190,9 +188,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
 
 def _looks_like_text(head: bytes) -> bool:
     stripped = head.lstrip()
-    return bool(stripped) and (
-        stripped[:1] in (b"#", b"{") or stripped[:5] in (b"name:", b"layer", b"input")
-    )
+    return bool(stripped) and (stripped[:1] in (b"#", b"{") or stripped[:5] in (b"name:", b"layer", b"input"))
 
 
 # ----------------------------------------------------------------------------- writing

@@ -35,9 +35,7 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         shape = ()
     if not sep or not name or not shape:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=N,C,H,W (e.g. data=1,3,224,224), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected NAME=N,C,H,W (e.g. data=1,3,224,224), got {text!r}")
     return name, shape
 
 
@@ -98,9 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"
     )
-    convert.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights for layers without weights")
+    convert.add_argument(
+        "--random-weights", type=int, metavar="SEED", help="seeded random weights for layers without weights"
+    )
     convert.add_argument("--outputs", type=_outputs, metavar="BLOB,...", help="graph outputs (cuts the net)")
-    convert.add_argument("--validate", action="store_true", help="validate the result against the PyTorch reference")
+    convert.add_argument(
+        "--validate", action="store_true", help="validate the result against the PyTorch reference"
+    )
     convert.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
     convert.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     _add_common(convert)

@@ -102,7 +102,9 @@ class GraphBuilder:
 
     # -- opset-dependent helpers -----------------------------------------------------
 
-    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int, output: str | None = None) -> str:
+    def reduce(
+        self, op_type: str, x: str, axes: Sequence[int], keepdims: int, output: str | None = None
+    ) -> str:
         """ReduceXxx with ``axes`` as an attribute or input, whichever the opset wants."""
         axes_as_input = op_type == "ReduceSum" and self.opset >= 13 or self.opset >= 18
         if axes_as_input:
@@ -128,9 +130,7 @@ def to_onnx(
     from caffe2onnx import __version__
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise Caffe2OnnxError(
-            f"opset {opset} is not supported; choose one from {MIN_OPSET} to {MAX_OPSET}"
-        )
+        raise Caffe2OnnxError(f"opset {opset} is not supported; choose one from {MIN_OPSET} to {MAX_OPSET}")
     registry = registry or default_registry()
     g = GraphBuilder(net, opset)
     for layer in net.layers:
@@ -138,7 +138,9 @@ def to_onnx(
         assert handler is not None
         g.begin(layer)
         handler.to_onnx(layer, g)
-    initializers = [numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in g.initializers.items()]
+    initializers = [
+        numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in g.initializers.items()
+    ]
     graph_inputs = [_value_info(name, shape) for name, shape in net.inputs]
     graph_outputs = [_value_info(name, net.shapes[name]) for name in net.outputs]
     boundary = set(net.input_names) | set(net.outputs)

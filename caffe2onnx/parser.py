@@ -129,9 +129,7 @@ def build_net(
     input_shapes = dict(inputs)
     shapes = infer_shapes(ssa_layers, input_shapes, registry)
     if options.require_weights:
-        ssa_layers, weight_notes = attach_weights(
-            ssa_layers, shapes, registry, model, options.random_weights
-        )
+        ssa_layers, weight_notes = attach_weights(ssa_layers, shapes, registry, model, options.random_weights)
         notes.extend(weight_notes)
     outputs = _select_outputs(ssa_layers, tuple(input_shapes), options.outputs, blob_of, source)
     net = Net(
@@ -235,8 +233,8 @@ def _resolve_inputs(
             for i, top in enumerate(lp.top):
                 declared.append((top, shapes[i] if shapes else None))
             continue
-        is_python_data = lp.type == "Python" and not lp.bottom and (
-            _python_key(lp) not in options.python_layers
+        is_python_data = (
+            lp.type == "Python" and not lp.bottom and (_python_key(lp) not in options.python_layers)
         )
         if lp.type in DATA_LAYER_TYPES or is_python_data:
             if not lp.top:
@@ -394,9 +392,7 @@ def _unique_layer_names(layers: list[Layer], notes: list[str]) -> list[Layer]:
     return result
 
 
-def _ssa(
-    layers: list[Layer], input_names: list[str], source: str
-) -> tuple[list[Layer], dict[str, str]]:
+def _ssa(layers: list[Layer], input_names: list[str], source: str) -> tuple[list[Layer], dict[str, str]]:
     """Give every write of a blob its own tensor name; bind reads to the newest write."""
     versions: dict[str, list[tuple[int, int]]] = {}  # blob -> [(layer index, top index)]
     current: dict[str, tuple[int, int] | None] = {name: None for name in input_names}
@@ -435,9 +431,7 @@ def _ssa(
 
     result = []
     for li, layer in enumerate(layers):
-        bottoms = tuple(
-            blob if version is None else names[version] for blob, version in read_bindings[li]
-        )
+        bottoms = tuple(blob if version is None else names[version] for blob, version in read_bindings[li])
         tops = tuple(names[(li, ti)] for ti in range(len(layer.tops)))
         result.append(layer.with_(bottoms=bottoms, tops=tops))
     return result, blob_of

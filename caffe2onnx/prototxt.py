@@ -19,7 +19,9 @@ from caffe2onnx.proto import caffe_pb2
 _LOCATION = re.compile(r"^(\d+):(\d+) : (.*)$", re.S)
 _PLACEHOLDER = re.compile(r"\$\{[^}]*\}|@[A-Z_]+@|\{\{[^}]*\}\}")
 _NO_FIELD = re.compile(r'Message type "caffe2onnx\.(\w+)" has no field named "(\w+)"')
-_BAD_NUMBER = re.compile(r"Couldn't parse (?:integer|float|number|bool|boolean)|Expected (?:integer|number|float)")
+_BAD_NUMBER = re.compile(
+    r"Couldn't parse (?:integer|float|number|bool|boolean)|Expected (?:integer|number|float)"
+)
 
 MAX_PROTOTXT_BYTES = 256 * 1024 * 1024
 
@@ -87,10 +89,7 @@ def _explain(exc: text_format.ParseError, text: str, path: str) -> ParseError:
             "(e.g. the script that came with it, or sed) and convert the result"
         )
     elif _BAD_NUMBER.search(message) and re.search(r":\s*[A-Za-z_]\w*\s*$", source_line):
-        hint = (
-            "a number is expected here; if this word is a placeholder of a template, "
-            "substitute it first"
-        )
+        hint = "a number is expected here; if this word is a placeholder of a template, substitute it first"
     else:
         no_field = _NO_FIELD.search(message)
         if no_field:

@@ -135,9 +135,7 @@ def upgrade(net: caffe_pb2.NetParameter, source: str = "<string>") -> NetSpec:
             "Caffe refuses this too. Use one format."
         )
     is_v0 = any(v1.HasField("layer") for v1 in net.layers)
-    spec = NetSpec(
-        name=net.name, format="V0" if is_v0 else ("V1" if net.layers else "V2"), state=net.state
-    )
+    spec = NetSpec(name=net.name, format="V0" if is_v0 else ("V1" if net.layers else "V2"), state=net.state)
     spec.inputs = _legacy_inputs(net, source)
     if net.layers:
         layers = [_upgrade_v1(v1) for v1 in net.layers]
@@ -153,9 +151,7 @@ def _legacy_inputs(net: caffe_pb2.NetParameter, source: str) -> list[tuple[str, 
     names = list(net.input)
     if not names:
         if net.input_shape or net.input_dim:
-            raise NetDefinitionError(
-                f"{source}: input_shape/input_dim are given but no 'input:' names them"
-            )
+            raise NetDefinitionError(f"{source}: input_shape/input_dim are given but no 'input:' names them")
         return []
     if net.input_shape:
         if len(net.input_shape) != len(names):

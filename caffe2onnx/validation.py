@@ -75,7 +75,9 @@ class ValidationReport:
             )
             for row in self.rows
         ]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+        widths = [
+            max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)
+        ]
         out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
         out.append("  ".join("-" * w for w in widths).rstrip())
         out.extend("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
@@ -97,7 +99,9 @@ class ValidationReport:
         )
 
 
-def compare_arrays(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> tuple[float, float, bool]:
+def compare_arrays(
+    actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float
+) -> tuple[float, float, bool]:
     """(max_abs, max_rel, passed) of ``actual`` against the reference ``expected``."""
     a = np.asarray(actual, dtype=np.float64)
     b = np.asarray(expected, dtype=np.float64)
@@ -139,9 +143,7 @@ def run_onnx(
         model = _with_outputs(model, wanted)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
     return dict(zip(names, session.run(names, feed)))
@@ -172,7 +174,10 @@ def compare_net(
     inputs = dict(inputs) if inputs is not None else random_inputs(net, seed)
     module = build_module(net)
     with torch.no_grad():
-        reference = {k: v.detach().numpy() for k, v in module.run({k: torch.from_numpy(v) for k, v in inputs.items()}).items()}
+        reference = {
+            k: v.detach().numpy()
+            for k, v in module.run({k: torch.from_numpy(v) for k, v in inputs.items()}).items()
+        }
     tensors = [top for layer in net.layers for top in layer.tops]
     actual = run_onnx(model, inputs, tensors)
     rows = []
@@ -182,6 +187,8 @@ def compare_net(
                 continue
             max_abs, max_rel, passed = compare_arrays(actual[top], reference[top], rtol, atol)
             rows.append(
-                BlobComparison(top, layer.name, layer.type, tuple(reference[top].shape), max_abs, max_rel, passed)
+                BlobComparison(
+                    top, layer.name, layer.type, tuple(reference[top].shape), max_abs, max_rel, passed
+                )
             )
     return ValidationReport(rows=rows, rtol=rtol, atol=atol)

@@ -118,7 +118,9 @@ def assert_close(actual, expected, *, rtol: float = 1e-5, atol: float = 1e-5, wh
     diff = np.abs(actual - expected)
     scale = float(np.abs(expected).max()) if expected.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
-    message = f"{what}: max abs error {max_abs:.3g}, max rel error {max_abs / scale if scale else max_abs:.3g}"
+    message = (
+        f"{what}: max abs error {max_abs:.3g}, max rel error {max_abs / scale if scale else max_abs:.3g}"
+    )
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol + rtol * scale, err_msg=message)
 
 

@@ -84,9 +84,7 @@ def axis_index(axis: int, ndim: int, layer: Layer | Any, what: str = "axis") -> 
     """Resolve a possibly negative Caffe axis against ``ndim`` axes, or raise."""
     resolved = axis + ndim if axis < 0 else axis
     if not 0 <= resolved < ndim:
-        raise LayerError(
-            layer.name, layer.type, f"{what} {axis} is out of range for a {ndim}-D input"
-        )
+        raise LayerError(layer.name, layer.type, f"{what} {axis} is out of range for a {ndim}-D input")
     return resolved
 
 

@@ -101,7 +101,9 @@ def parse_conv_params(lp) -> ConvParams:
     if p.axis != 1:
         raise layer_error(lp, f"convolution axis {p.axis} is not supported (only the channel axis 1)")
     if len(lp.bottom) != len(lp.top):
-        raise layer_error(lp, f"needs one top per bottom, has {len(lp.bottom)} bottoms and {len(lp.top)} tops")
+        raise layer_error(
+            lp, f"needs one top per bottom, has {len(lp.bottom)} bottoms and {len(lp.top)} tops"
+        )
     return ConvParams(
         num_output=p.num_output,
         bias_term=p.bias_term,
@@ -126,7 +128,9 @@ class _ConvBase(Handler):
     def _check_input(self, layer: Layer, shape: Shape) -> int:
         params: ConvParams = layer.params
         if len(shape) < 3:
-            raise shape_error(layer, f"needs an input with channels and spatial axes, got shape {list(shape)}")
+            raise shape_error(
+                layer, f"needs an input with channels and spatial axes, got shape {list(shape)}"
+            )
         channels = shape[1]
         if channels % params.group:
             raise shape_error(layer, f"input channels {channels} are not divisible by group {params.group}")
@@ -136,7 +140,9 @@ class _ConvBase(Handler):
         params: ConvParams = layer.params
         first = in_shapes[0]
         if any(tuple(s) != tuple(first) for s in in_shapes[1:]):
-            raise shape_error(layer, f"all bottoms must have the same shape, got {[list(s) for s in in_shapes]}")
+            raise shape_error(
+                layer, f"all bottoms must have the same shape, got {[list(s) for s in in_shapes]}"
+            )
         n = self._check_input(layer, first)
         kernel, stride, pad, dilation = params.geometry(layer, n)
         spatial = []

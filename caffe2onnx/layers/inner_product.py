@@ -67,7 +67,11 @@ class InnerProduct(Handler):
         shape = g.shape(layer.bottoms[0])
         axis, k = self._split(layer, shape)
         m = prod(shape[:axis])
-        flat = g.op("Flatten", [layer.bottoms[0]], axis=axis) if axis > 0 else g.reshape(layer.bottoms[0], [1, k])
+        flat = (
+            g.op("Flatten", [layer.bottoms[0]], axis=axis)
+            if axis > 0
+            else g.reshape(layer.bottoms[0], [1, k])
+        )
         inputs = [flat, g.weight(layer, 0)]
         if params.bias_term:
             inputs.append(g.weight(layer, 1))

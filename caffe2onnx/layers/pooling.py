@@ -72,7 +72,7 @@ def parse_pool_params(lp) -> PoolParams:
     stride = _pair(p, "stride", "stride", 1)
     pad = _pair(p, "pad", "pad", 0)
     if p.global_pooling:
-        if (p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w")):
+        if p.HasField("kernel_size") or p.HasField("kernel_h") or p.HasField("kernel_w"):
             raise layer_error(lp, "global_pooling takes no kernel size")
         if any(pad) or any(s != 1 for s in stride):
             raise layer_error(lp, "global_pooling needs pad 0 and stride 1")
@@ -198,7 +198,13 @@ class Pooling(Handler):
         sum_sq = F.avg_pool2d(padded * padded, geo.kernel, geo.stride)
         sum_x = F.avg_pool2d(padded, geo.kernel, geo.stride)
         positive = sum_x > 0
-        return [torch.where(positive, sum_sq / torch.where(positive, sum_x, torch.ones_like(sum_x)), torch.zeros_like(sum_x))]
+        return [
+            torch.where(
+                positive,
+                sum_sq / torch.where(positive, sum_x, torch.ones_like(sum_x)),
+                torch.zeros_like(sum_x),
+            )
+        ]
 
 
 HANDLERS = [Pooling()]

@@ -17,8 +17,13 @@ HANDLER_MODULES = (
     "caffe2onnx.layers.inner_product",
     "caffe2onnx.layers.activation",
     "caffe2onnx.layers.pooling",
+    "caffe2onnx.layers.normalization",
+    "caffe2onnx.layers.elementwise",
     "caffe2onnx.layers.shape_ops",
     "caffe2onnx.layers.reduction",
+    "caffe2onnx.layers.resize",
+    "caffe2onnx.layers.unpooling",
+    "caffe2onnx.layers.crop",
 )
 
 
