@@ -14,7 +14,7 @@ Importing caffe2onnx and converting never import torch; only validation and
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from caffe2onnx.errors import (

@@ -20,7 +20,6 @@ import mmap
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -137,14 +136,12 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
     """Decode the blobs of a binary caffemodel (V2, V1 or V0 layout)."""
     path = str(path)
     try:
-        handle = open(path, "rb")
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise ParseError("the caffemodel is empty (0 bytes)", path)
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise ParseError(f"cannot open caffemodel: {exc.strerror}", path) from None
-    with handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size == 0:
-            raise ParseError("the caffemodel is empty (0 bytes)", path)
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     buf = memoryview(mapped)
     head = bytes(buf[:16])
     if head.startswith(b"\x89HDF"):

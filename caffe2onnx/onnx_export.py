@@ -106,7 +106,7 @@ class GraphBuilder:
         self, op_type: str, x: str, axes: Sequence[int], keepdims: int, output: str | None = None
     ) -> str:
         """ReduceXxx with ``axes`` as an attribute or input, whichever the opset wants."""
-        axes_as_input = op_type == "ReduceSum" and self.opset >= 13 or self.opset >= 18
+        axes_as_input = (op_type == "ReduceSum" and self.opset >= 13) or self.opset >= 18
         if axes_as_input:
             return self.op(op_type, [x, self.ints(list(axes), "axes")], output, keepdims=keepdims)
         return self.op(op_type, [x], output, axes=list(axes), keepdims=keepdims)

@@ -29,7 +29,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "prototxt"
 def net_text(layers: str, inputs: Mapping[str, Sequence[int]], name: str = "test") -> str:
     """A prototxt with legacy ``input``/``input_shape`` declarations and the given layers."""
     head = [f'name: "{name}"']
-    for input_name, shape in inputs.items():
+    for input_name in inputs:
         head.append(f'input: "{input_name}"')
     for shape in inputs.values():
         head.append("input_shape { " + " ".join(f"dim: {d}" for d in shape) + " }")

@@ -204,7 +204,7 @@ class _ConvBase(Handler):
 
         params: ConvParams = layer.params
         n = inputs[0].dim() - 2
-        kernel, stride, pad, dilation = params.geometry(layer, n)
+        _, stride, pad, dilation = params.geometry(layer, n)
         bias = weights[1] if params.bias_term else None
         if self.transposed:
             fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]

@@ -128,9 +128,8 @@ class Pooling(Handler):
 
     def parse(self, lp) -> PoolParams:
         params = parse_pool_params(lp)
-        if len(lp.top) == 2:
-            if params.method != MAX:
-                raise layer_error(lp, "a second (mask) top needs MAX pooling")
+        if len(lp.top) == 2 and params.method != MAX:
+            raise layer_error(lp, "a second (mask) top needs MAX pooling")
         return params
 
     def infer(self, layer: Layer, in_shapes: Sequence[Shape]) -> list[Shape]:

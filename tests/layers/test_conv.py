@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.helpers import assert_close, net_text, opencv_forward, run_net
