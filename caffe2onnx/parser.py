@@ -126,6 +126,7 @@ def build_net(
     parsed = [_parse_layer(lp, registry) for lp in layers]
     parsed = _unique_layer_names(parsed, notes)
     ssa_layers, blob_of = _ssa(parsed, [name for name, _ in inputs], source)
+    ssa_layers = _resolve(ssa_layers, registry)
     input_shapes = dict(inputs)
     shapes = infer_shapes(ssa_layers, input_shapes, registry)
     if options.require_weights:
@@ -435,6 +436,18 @@ def _ssa(layers: list[Layer], input_names: list[str], source: str) -> tuple[list
         tops = tuple(names[(li, ti)] for ti in range(len(layer.tops)))
         result.append(layer.with_(bottoms=bottoms, tops=tops))
     return result, blob_of
+
+
+def _resolve(layers: list[Layer], registry: Registry) -> list[Layer]:
+    """Let each handler complete its parameters from the layers before it (Handler.resolve)."""
+    producers: dict[str, Layer] = {}
+    result = []
+    for layer in layers:
+        layer = registry.get(layer.type).resolve(layer, producers)
+        for top in layer.tops:
+            producers[top] = layer
+        result.append(layer)
+    return result
 
 
 def _select_outputs(

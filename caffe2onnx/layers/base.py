@@ -15,7 +15,7 @@ Handlers import torch lazily inside ``to_torch``: converting never imports torch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from caffe2onnx.errors import LayerError, ShapeError
@@ -40,6 +40,15 @@ class Handler:
     def parse(self, lp: LayerParameter) -> Any:
         """Return this layer's parameters as a frozen dataclass (or None)."""
         return None
+
+    def resolve(self, layer: Layer, producers: Mapping[str, Layer]) -> Layer:
+        """Complete a layer's parameters from the layers that produce its inputs.
+
+        Called once per layer after SSA renaming and before shape inference, with
+        ``producers`` mapping every tensor written so far to its layer (e.g. Crop without
+        ``crop_param`` derives its offsets from the coordinate mapping of those layers).
+        """
+        return layer
 
     def infer(self, layer: Layer, in_shapes: Sequence[Shape]) -> list[Shape]:
         """Output shapes. The default keeps the first input's shape."""
