@@ -159,8 +159,10 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
     v1_types = _v1_type_names()
     model = CaffeModel(path=path, format="V2", _keepalive=mapped)
     formats_seen = set()
+    has_name = False
     try:
         for number, wire_type, a, b in wire.iter_fields(buf, 0, len(buf)):
+            has_name = has_name or (number == 1 and wire_type == LEN)
             if wire_type != LEN or number not in (100, 2):
                 continue
             fmt = "V2" if number == 100 else "V1"
@@ -174,7 +176,7 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
             f"the caffemodel is truncated or corrupt ({exc}); re-download or re-export it",
             path,
         ) from None
-    if not formats_seen:
+    if not formats_seen and not has_name:
         raise ParseError(
             "no layers found: this is not a Caffe NetParameter (a caffemodel); check the file",
             path,
@@ -237,8 +239,7 @@ def write_caffemodel(
     from caffe2onnx.upgrade import V1_TYPE_NUMBERS
 
     with atomic_output(path) as out:
-        if net_name:
-            out.write(wire.string_field(1, net_name))
+        out.write(wire.string_field(1, net_name or "net"))
         for name, layer_type, blobs in layers:
             blob_parts = [_blob_message(blob, blob_style, values) for blob in blobs]
             if layout == "V2":
