@@ -64,7 +64,7 @@ def random_blob(spec: BlobSpec, rng: np.random.Generator) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
     if init == "bn_var":
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    if init == "ones":
+    if init in ("ones", "bn_factor"):  # bn_factor: set per layer by random_blobs
         return np.ones(shape, np.float32)
     if init == "zeros":
         return np.zeros(shape, np.float32)
