@@ -16,7 +16,7 @@ import pytest
 from caffe2onnx.make_weights import make_weights
 from caffe2onnx.onnx_export import to_onnx
 from caffe2onnx.parser import load_net
-from caffe2onnx.validation import compare_net, compare_arrays, run_onnx
+from caffe2onnx.validation import compare_arrays, compare_net, run_onnx
 from tests.helpers import CORPUS, opencv_forward
 
 
