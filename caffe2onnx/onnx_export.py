@@ -139,7 +139,7 @@ def to_onnx(
         g.begin(layer)
         handler.to_onnx(layer, g)
     initializers = [
-        numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in g.initializers.items()
+        numpy_helper.from_array(np.require(a, requirements="C"), name) for name, a in g.initializers.items()
     ]
     graph_inputs = [_value_info(name, shape) for name, shape in net.inputs]
     graph_outputs = [_value_info(name, net.shapes[name]) for name in net.outputs]
