@@ -100,7 +100,9 @@ def _deterministic_fill(specs: Sequence[BlobSpec]) -> list[np.ndarray] | None:
         return None
     blobs = []
     for spec in specs:
-        filler = spec.filler or Filler()  # Caffe's default filler: constant 0
+        if spec.filler is None and spec.init not in ("bias", "beta"):
+            return None  # e.g. BN statistics: only a bias may take Caffe's default constant 0
+        filler = spec.filler or Filler()
         if not filler.deterministic:
             return None
         blobs.append(fill(filler, spec.shape))
