@@ -220,7 +220,9 @@ class _ConvBase(Handler):
 
 
 class Convolution(_ConvBase):
-    types = ("Convolution",)
+    # DepthwiseConvolution / ConvolutionDepthwise (MobileNet forks) are ordinary grouped
+    # convolutions with group == channels, written in convolution_param.
+    types = ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise")
 
 
 class Deconvolution(_ConvBase):

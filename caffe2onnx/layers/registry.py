@@ -24,6 +24,9 @@ HANDLER_MODULES = (
     "caffe2onnx.layers.resize",
     "caffe2onnx.layers.unpooling",
     "caffe2onnx.layers.crop",
+    "caffe2onnx.layers.ssd",
+    "caffe2onnx.layers.channel_ops",
+    "caffe2onnx.layers.roi_pooling",
 )
 
 
