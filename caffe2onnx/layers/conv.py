@@ -18,7 +18,7 @@ ONNX: ``Conv`` / ``ConvTranspose`` with symmetric ``pads``, ``strides``, ``dilat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from caffe2onnx.ir import BlobSpec, Filler, Layer, Shape
 from caffe2onnx.layers.base import Handler, filler_of, layer_error, prod, shape_error
@@ -220,9 +220,20 @@ class _ConvBase(Handler):
 
 
 class Convolution(_ConvBase):
-    # DepthwiseConvolution / ConvolutionDepthwise (MobileNet forks) are ordinary grouped
-    # convolutions with group == channels, written in convolution_param.
-    types = ("Convolution", "DepthwiseConvolution", "ConvolutionDepthwise")
+    types = ("Convolution",)
+
+
+class DepthwiseConvolution(_ConvBase):
+    """The MobileNet forks' DepthwiseConvolution / ConvolutionDepthwise: one filter per
+    channel. Most prototxts also say ``group: C``; when they do not, group = num_output."""
+
+    types = ("DepthwiseConvolution", "ConvolutionDepthwise")
+
+    def parse(self, lp) -> ConvParams:
+        params = parse_conv_params(lp)
+        if not lp.convolution_param.HasField("group"):
+            params = replace(params, group=params.num_output)
+        return params
 
 
 class Deconvolution(_ConvBase):
@@ -230,6 +241,6 @@ class Deconvolution(_ConvBase):
     transposed = True
 
 
-HANDLERS = [Convolution(), Deconvolution()]
+HANDLERS = [Convolution(), DepthwiseConvolution(), Deconvolution()]
 
 __all__ = ["ConvParams", "Convolution", "Deconvolution", "parse_conv_params"]

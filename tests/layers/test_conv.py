@@ -90,3 +90,20 @@ def test_convolution_with_two_bottoms_shares_weights(tmp_path):
         assert_close(run.onnx[y], expected, what=f"onnxruntime {y}")
         assert_close(run.torch[y], expected, what=f"torch {y}")
     assert len(run.model.graph.initializer) == 2, "both Conv nodes must share one weight and one bias"
+
+
+@pytest.mark.parametrize("group", ["", "group: 4"], ids=["group_implied", "group_given"])
+def test_depthwise_convolution_fork_type(tmp_path, group):
+    text = net_text(
+        f"""
+        layer {{ name: "dw" type: "DepthwiseConvolution" bottom: "data" top: "dw"
+          convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 {group} }} }}
+        """,
+        {"data": (1, 4, 6, 6)},
+    )
+    run = run_net(tmp_path, text)
+    w, b = run.weights("dw")
+    assert w.shape == (4, 1, 3, 3)
+    expected = conv2d(run.inputs["data"], w, b, pad=(1, 1), group=4)
+    assert_close(run.onnx["dw"], expected, what="onnxruntime")
+    assert_close(run.torch["dw"], expected, what="torch reference")
