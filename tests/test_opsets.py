@@ -31,7 +31,7 @@ KITCHEN_SINK = net_text(
     layer { name: "unpool" type: "Upsample" bottom: "pool_max" bottom: "pool_mask" top: "unpool"
       upsample_param { upsample_h: 15 upsample_w: 15 } }
     layer { name: "slice" type: "Slice" bottom: "pool_ave" top: "s1" top: "s2" slice_param { slice_point: 3 } }
-    layer { name: "interp" type: "Interp" bottom: "s1" top: "interp" interp_param { zoom_factor: 2 } }
+    layer { name: "interp" type: "Interp" bottom: "s1" top: "interp" interp_param { height: 16 width: 16 } }
     layer { name: "nearest" type: "Upsample" bottom: "s2" top: "nearest" upsample_param { scale: 2 } }
     layer { name: "cat" type: "Concat" bottom: "interp" bottom: "nearest" top: "cat" }
     layer { name: "up" type: "Deconvolution" bottom: "cat" top: "up"
