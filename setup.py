@@ -20,6 +20,10 @@ setup(
         # Only validation and to_torch() import torch. CI and the README pin torch==2.13.0
         # (a CPU build) in the same pip command so that this range installs nothing more.
         "torch>=2.1",
+        # validation reports (HTML plot), progress bars, image inputs
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+        "pillow>=9.1",
     ],
     extras_require={
         "test": [

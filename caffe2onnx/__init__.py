@@ -14,7 +14,7 @@ Importing caffe2onnx and converting never import torch; only validation and
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from caffe2onnx.errors import (
@@ -33,6 +33,7 @@ from caffe2onnx.parser import load_net
 if TYPE_CHECKING:
     import onnx
 
+    from caffe2onnx.inputs import Preprocess
     from caffe2onnx.torch_ref import CaffeNetModule
     from caffe2onnx.validation import ValidationReport
 
@@ -82,30 +83,44 @@ def validate(
     rtol: float | None = None,
     atol: float | None = None,
     seed: int = 0,
-    inputs: Mapping[str, Any] | None = None,
+    seeds: int = 1,
+    batch: int | None = None,
+    inputs: Mapping[str | None, Any] | None = None,
+    preprocess: Preprocess | None = None,
+    reference: str = "pytorch",
     opset: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
     **load_options: Any,
 ) -> ValidationReport:
-    """Compare an ONNX model (ours by default) with the PyTorch reference, blob by blob."""
-    import onnx as onnx_lib
+    """Compare an ONNX model (any converter's; ours, converted in memory, by default) with
+    the Caffe net, blob by blob.
 
-    from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
-    from caffe2onnx.validation import DEFAULT_ATOL, DEFAULT_RTOL, compare_net
+    ``reference`` is ``"pytorch"`` (our PyTorch reference), ``"opencv"`` (OpenCV's own
+    Caffe importer) or ``"both"`` (every reference must agree). ``inputs`` maps net input
+    names to arrays or ``.npy``/``.npz``/image files (``preprocess``: Caffe-style mean,
+    scale and channel swap for files); other inputs are seeded random normal, once per
+    seed in ``seed .. seed + seeds - 1``. ``batch`` sets the inputs' batch size. Inputs
+    that do not fit raise :class:`caffe2onnx.inputs.ValidationInputError` (exit code 2).
+    The report's ``passed``, ``first_failure``, ``table()``, ``summary()`` and
+    ``to_dict()`` give the verdict; :mod:`caffe2onnx.report` writes JSON and HTML.
+    """
+    from caffe2onnx.validation import DEFAULT_ATOL, DEFAULT_RTOL, validate_files
 
-    net = load_net(prototxt, caffemodel, **load_options)
-    if onnx_model is None:
-        model = to_onnx(net, opset or DEFAULT_OPSET)
-    elif isinstance(onnx_model, onnx_lib.ModelProto):
-        model = onnx_model
-    else:
-        model = onnx_lib.load(os.fspath(onnx_model))
-    return compare_net(
-        net,
-        model,
-        inputs=inputs,
+    return validate_files(
+        prototxt,
+        caffemodel,
+        onnx_model,
         rtol=DEFAULT_RTOL if rtol is None else rtol,
         atol=DEFAULT_ATOL if atol is None else atol,
         seed=seed,
+        seeds=seeds,
+        batch=batch,
+        inputs=inputs,
+        preprocess=preprocess,
+        reference=reference,
+        opset=opset,
+        progress=progress,
+        **load_options,
     )
 
 
@@ -114,7 +129,15 @@ def to_torch(
     caffemodel: str | os.PathLike[str] | None = None,
     **load_options: Any,
 ) -> CaffeNetModule:
-    """The Caffe net as a PyTorch ``nn.Module`` holding the Caffe weights as parameters."""
+    """The Caffe net as a PyTorch ``nn.Module`` holding the Caffe weights as parameters.
+
+    ``module(*inputs)`` takes the net inputs in declaration order and returns the output
+    blob (a tuple when the net has several); ``module.run({name: tensor})`` returns every
+    blob. The module computes Caffe's TEST phase (Dropout off, BatchNorm with its stored
+    statistics); gradients flow to every parameter, so it can be fine-tuned
+    (``module.trainable_parameters()`` leaves BatchNorm statistics out). ``load_options``
+    are those of :func:`load_net`.
+    """
     from caffe2onnx.torch_ref import build_module
 
     return build_module(load_net(prototxt, caffemodel, **load_options))

@@ -8,6 +8,7 @@ shows the traceback. This module, not the library, configures logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -46,6 +47,25 @@ def _python_layer(text: str) -> tuple[str, str]:
             f"expected module.Class=Type (e.g. spatial_dropout.SpatialDropoutLayer=Dropout), got {text!r}"
         )
     return key, layer_type
+
+
+def _input_file(text: str) -> tuple[str | None, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        return None, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. data=cat.png), got {text!r}")
+    return name, path
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _outputs(text: str) -> list[str]:
@@ -107,15 +127,66 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     _add_common(convert)
 
-    validate = sub.add_parser("validate", help="compare an ONNX model with the Caffe net, blob by blob")
+    validate = sub.add_parser(
+        "validate",
+        help="prove an ONNX model (from any converter) computes what the Caffe net does, blob by blob",
+        description=(
+            "Run the Caffe net's reference and the ONNX model in onnxruntime on the same inputs and "
+            "compare every blob whose name exists in both (inputs and outputs pair by name, else by "
+            "order). Exit 0 when all agree, 1 on a mismatch (naming the first diverging layer), "
+            "2 on inputs that do not fit."
+        ),
+    )
     _add_net_arguments(validate)
-    validate.add_argument("--onnx", help="the ONNX file to check (default: convert in memory)")
-    validate.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    validate.add_argument("--random-weights", type=int, metavar="SEED")
-    validate.add_argument("--outputs", type=_outputs, metavar="BLOB,...")
-    validate.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
-    validate.add_argument("--atol", type=float, default=DEFAULT_ATOL)
-    validate.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    validate.add_argument("--onnx", help="the ONNX file to check, from any tool (default: convert in memory)")
+    validate.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="opset when converting in memory")
+    validate.add_argument(
+        "--random-weights", type=int, metavar="SEED", help="seeded random weights for layers without weights"
+    )
+    validate.add_argument("--outputs", type=_outputs, metavar="BLOB,...", help="net outputs (cuts the net)")
+    validate.add_argument(
+        "--input",
+        type=_input_file,
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="real data for a net input: .npy, .npz or an image (repeatable; NAME may be left out "
+        "when the net has one input); other inputs are seeded random normal",
+    )
+    validate.add_argument(
+        "--mean",
+        metavar="B,G,R|FILE",
+        help="Caffe-style mean subtracted from file inputs: per-channel values or a .npy/.binaryproto file",
+    )
+    validate.add_argument(
+        "--scale", type=float, default=1.0, help="multiply file inputs by this after the mean (Caffe's scale)"
+    )
+    validate.add_argument(
+        "--bgr", action="store_true", help="reverse the channels of file inputs (RGB images for BGR nets)"
+    )
+    validate.add_argument(
+        "--reference",
+        choices=("pytorch", "opencv", "both"),
+        default="pytorch",
+        help="what runs the Caffe net: our PyTorch reference, OpenCV's Caffe importer (the "
+        "caffe2onnx[opencv] extra) or both, which must all agree (default: pytorch)",
+    )
+    validate.add_argument(
+        "--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance (of the blob's max)"
+    )
+    validate.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance")
+    validate.add_argument("--batch", type=_positive, metavar="N", help="batch size of the inputs")
+    validate.add_argument(
+        "--seeds", type=_positive, default=1, metavar="K", help="compare on K random input sets (worst kept)"
+    )
+    validate.add_argument("--seed", type=int, default=0, help="seed of the first random input set")
+    validate.add_argument(
+        "--report",
+        action="append",
+        default=[],
+        metavar="FILE.json|FILE.html",
+        help="also write the report as JSON or as a self-contained HTML page (repeatable)",
+    )
     _add_common(validate)
 
     inspect = sub.add_parser("inspect", help="list layers, shapes, parameters and problems")
@@ -149,6 +220,8 @@ def _load_options(args: argparse.Namespace) -> dict:
 def _print_report(report, quiet: bool) -> int:
     if not quiet:
         print(report.table())
+        for note in report.notes:
+            print(f"note: {note}")
     print(report.summary())
     return EXIT_OK if report.passed else EXIT_MISMATCH
 
@@ -186,19 +259,66 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from caffe2onnx import validate
+    from caffe2onnx.inputs import Preprocess, ValidationInputError, parse_mean
+    from caffe2onnx.report import check_report_path, write_report
+    from caffe2onnx.validation import validate_files
 
-    report = validate(
-        args.prototxt,
-        args.caffemodel,
-        args.onnx,
-        rtol=args.rtol,
-        atol=args.atol,
-        seed=args.seed,
-        opset=args.opset,
-        **_load_options(args),
-    )
-    return _print_report(report, args.quiet)
+    for path in args.report:
+        check_report_path(path)
+    files: dict[str | None, str] = {}
+    for name, path in args.input:
+        if name in files:
+            raise ValidationInputError(f"--input {name or path}: given twice")
+        files[name] = path
+    preprocess = Preprocess(mean=parse_mean(args.mean) if args.mean else None, scale=args.scale, bgr=args.bgr)
+    if preprocess.active and not files:
+        log.warning(
+            "--mean/--scale/--bgr apply to --input files only; the random inputs are left as they are"
+        )
+    with _progress_bar(disable=args.quiet or not sys.stderr.isatty()) as progress:
+        report = validate_files(
+            args.prototxt,
+            args.caffemodel,
+            args.onnx,
+            rtol=args.rtol,
+            atol=args.atol,
+            seed=args.seed,
+            seeds=args.seeds,
+            batch=args.batch,
+            inputs=files,
+            preprocess=preprocess,
+            reference=args.reference,
+            opset=args.opset,
+            progress=progress,
+            **_load_options(args),
+        )
+    code = _print_report(report, args.quiet)
+    for path in args.report:
+        write_report(report, path)
+        log.info("wrote %s", path)
+    return code
+
+
+@contextlib.contextmanager
+def _progress_bar(disable: bool):
+    """A tqdm bar fed by the library's ``progress(done, total, label)`` callback."""
+    if disable:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="step", file=sys.stderr, delay=0.5, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int, label: str) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.set_description_str(label[:30], refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -223,6 +343,14 @@ def cmd_make_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _MessageFormatter(logging.Formatter):
+    """Plain messages; warnings and errors say so."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
 COMMANDS = {
     "convert": cmd_convert,
     "validate": cmd_validate,
@@ -234,11 +362,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MessageFormatter("%(message)s"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     try:
         return COMMANDS[args.command](args)
     except Caffe2OnnxError as exc:

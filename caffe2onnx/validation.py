@@ -1,34 +1,60 @@
 """Prove an ONNX model computes what the Caffe net computes, blob by blob.
 
-The ONNX model runs in onnxruntime with every Caffe blob exposed as an extra output;
-the PyTorch reference (``torch_ref``) runs on the same seeded inputs. Each blob is
-compared with
+The ONNX model (ours or any other converter's) runs in onnxruntime with every tensor
+that carries a Caffe blob name exposed as an extra output; a reference runs the Caffe
+net on the same inputs: the PyTorch reference (``torch_ref``), OpenCV's own Caffe
+importer (``opencv_ref``), or both. Each paired tensor is compared with
 
-* ``max_abs = max |onnx - ref|`` and
+* ``max_abs = max |onnx - ref|``,
 * ``max_rel = max_abs / max |ref|`` (error relative to the blob's own magnitude, which
-  stays meaningful where individual values pass through zero),
+  stays meaningful where individual values pass through zero) and
+* the cosine similarity of the two tensors,
 
-and passes when ``max_abs <= atol + rtol * max |ref|``. The first failing blob in layer
+and passes when ``max_abs <= atol + rtol * max |ref|``. The first failing tensor in layer
 order names the layer where the two diverge.
+
+Pairing. Net inputs and outputs are matched to the ONNX graph's inputs and outputs by
+name, or by order (with a warning) when the names differ, as they do in files other
+converters write. Intermediate tensors are compared wherever an ONNX tensor has the
+name of an IR tensor (ours keep Caffe blob names; the last version of an in-place blob
+has the plain name, earlier versions ``blob@layer``). In a model without those
+``blob@layer`` names (another converter's), a tensor named like an in-place blob may hold
+any of its versions (e.g. the convolution output before an in-place ReLU), so each
+version is tried before calling it a divergence.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx
 
+from caffe2onnx.inputs import ValidationInputError, fmt_shape, random_feed
 from caffe2onnx.ir import Net
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-6
+REFERENCES = ("pytorch", "opencv")
+
+#: progress(done, total, label) is called after every unit of work
+ProgressCallback = Callable[[int, int, str], None]
+
+
+# ----------------------------------------------------------------------------- report
 
 
 @dataclass(frozen=True)
 class BlobComparison:
+    """One tensor of the net compared with one reference (the worst over all seeds)."""
+
     tensor: str
     layer: str
     layer_type: str
@@ -36,6 +62,53 @@ class BlobComparison:
     max_abs: float
     max_rel: float
     passed: bool
+    cosine: float = 1.0
+    reference: str = "pytorch"
+    onnx_name: str = ""
+    depth: int = 0
+    output: bool = False
+
+    def worst(self, other: BlobComparison) -> BlobComparison:
+        """Combine the comparisons of two seeds: the larger errors, the lower cosine."""
+        return replace(
+            self,
+            max_abs=_nanmax(self.max_abs, other.max_abs),
+            max_rel=_nanmax(self.max_rel, other.max_rel),
+            cosine=_nanmin(self.cosine, other.cosine),
+            passed=self.passed and other.passed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "type": self.layer_type,
+            "blob": self.tensor,
+            "onnx_tensor": self.onnx_name or self.tensor,
+            "shape": list(self.shape),
+            "depth": self.depth,
+            "reference": self.reference,
+            "max_abs": _json_float(self.max_abs),
+            "max_rel": _json_float(self.max_rel),
+            "cosine": _json_float(self.cosine),
+            "passed": self.passed,
+            "output": self.output,
+        }
+
+
+def _nanmax(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _nanmin(a: float, b: float) -> float:
+    return math.nan if math.isnan(a) or math.isnan(b) else min(a, b)
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else str(value)
 
 
 @dataclass
@@ -44,6 +117,15 @@ class ValidationReport:
     rtol: float
     atol: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    references: tuple[str, ...] = ("pytorch",)
+    seeds: tuple[int, ...] = (0,)
+    batch: int | None = None
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    matched_by: str = "name"
+    prototxt: str = ""
+    caffemodel: str = ""
+    onnx: str = ""
 
     @property
     def passed(self) -> bool:
@@ -52,6 +134,13 @@ class ValidationReport:
     @property
     def first_failure(self) -> BlobComparison | None:
         return next((row for row in self.rows if not row.passed), None)
+
+    def first_failures(self) -> dict[str, BlobComparison | None]:
+        """The first diverging tensor against each reference."""
+        return {
+            ref: next((r for r in self.rows if r.reference == ref and not r.passed), None)
+            for ref in self.references
+        }
 
     @property
     def max_rel(self) -> float:
@@ -62,19 +151,28 @@ class ValidationReport:
         return max((row.max_abs for row in self.rows), default=0.0)
 
     def table(self) -> str:
-        headers = ("layer", "type", "blob", "shape", "max abs", "max rel", "")
-        lines = [
-            (
+        several = len(self.references) > 1
+        headers = ["layer", "type", "blob", "shape", "max abs", "max rel", "cosine"]
+        if several:
+            headers.append("reference")
+        headers.append("")
+        lines = []
+        for row in self.rows:
+            line = [
                 row.layer,
                 row.layer_type,
-                row.tensor,
-                "x".join(map(str, row.shape)),
-                f"{row.max_abs:.3g}",
-                f"{row.max_rel:.3g}",
-                "ok" if row.passed else "FAIL",
-            )
-            for row in self.rows
-        ]
+                row.tensor
+                if not row.onnx_name or row.onnx_name == row.tensor
+                else f"{row.tensor} ({row.onnx_name})",
+                fmt_shape(row.shape),
+                _fmt(row.max_abs),
+                _fmt(row.max_rel),
+                f"{row.cosine:.6f}" if math.isfinite(row.cosine) else str(row.cosine),
+            ]
+            if several:
+                line.append(row.reference)
+            line.append("ok" if row.passed else "FAIL")
+            lines.append(line)
         widths = [
             max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)
         ]
@@ -85,18 +183,57 @@ class ValidationReport:
 
     def summary(self) -> str:
         if not self.rows:
-            return "no blobs were compared"
-        failure = self.first_failure
+            return "FAIL: no blobs were compared"
         head = (
-            f"{len(self.rows)} blobs compared, max abs error {self.max_abs:.3g}, "
-            f"max rel error {self.max_rel:.3g} (rtol {self.rtol:g}, atol {self.atol:g})"
+            f"{len(self.rows)} blobs compared against {' and '.join(self.references)}"
+            f" ({len(self.seeds)} input set{'s' if len(self.seeds) != 1 else ''}), "
+            f"max abs error {_fmt(self.max_abs)}, max rel error {_fmt(self.max_rel)} "
+            f"(rtol {self.rtol:g}, atol {self.atol:g})"
         )
-        if failure is None:
+        if self.passed:
             return f"PASS: {head}"
-        return (
-            f"FAIL: {head}\nfirst divergence: layer '{failure.layer}' ({failure.layer_type}), "
-            f"blob '{failure.tensor}': max abs {failure.max_abs:.3g}, max rel {failure.max_rel:.3g}"
-        )
+        lines = [f"FAIL: {head}"]
+        for ref, row in self.first_failures().items():
+            if row is None:
+                continue
+            against = f" [vs {ref}]" if len(self.references) > 1 else ""
+            lines.append(
+                f"first divergence: layer '{row.layer}' ({row.layer_type}), blob '{row.tensor}'{against}: "
+                f"max abs {_fmt(row.max_abs)}, max rel {_fmt(row.max_rel)}, cosine {row.cosine:.6f}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (non-finite errors become ``null``)."""
+        first = self.first_failure
+        return {
+            "format": "caffe2onnx-validation/1",
+            "passed": self.passed,
+            "verdict": "PASS" if self.passed else "FAIL",
+            "prototxt": self.prototxt,
+            "caffemodel": self.caffemodel,
+            "onnx": self.onnx,
+            "references": list(self.references),
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "seeds": list(self.seeds),
+            "batch": self.batch,
+            "inputs": self.inputs,
+            "matched_by": self.matched_by,
+            "blobs_compared": len(self.rows),
+            "max_abs": _json_float(self.max_abs),
+            "max_rel": _json_float(self.max_rel),
+            "first_divergence": first.to_dict() if first else None,
+            "first_divergence_by_reference": {
+                ref: row.to_dict() if row else None for ref, row in self.first_failures().items()
+            },
+            "rows": [row.to_dict() for row in self.rows],
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+        }
+
+
+# ----------------------------------------------------------------------------- metrics
 
 
 def compare_arrays(
@@ -119,34 +256,72 @@ def compare_arrays(
     return max_abs, max_rel, max_abs <= atol + rtol * scale
 
 
+def cosine_similarity(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Cosine of the angle between the flattened tensors (1 = same direction); NaN if unusable."""
+    a = np.asarray(actual, dtype=np.float64).ravel()
+    b = np.asarray(expected, dtype=np.float64).ravel()
+    if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
 def random_inputs(net: Net, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
     """Seeded standard-normal inputs for every net input."""
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for name, shape in net.inputs:
-        if batch is not None:
-            shape = (batch, *shape[1:])
-        inputs[name] = rng.standard_normal(shape).astype(np.float32)
-    return inputs
+    shapes = [(name, (batch, *shape[1:]) if batch is not None else shape) for name, shape in net.inputs]
+    return random_feed(shapes, seed)
+
+
+# ----------------------------------------------------------------------------- onnxruntime
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+}
+
+
+class OnnxRunner:
+    """One onnxruntime session for a model, with the named intermediate tensors exposed."""
+
+    def __init__(self, model: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> None:
+        import onnxruntime as ort
+
+        produced = {o for node in model.graph.node for o in node.output}
+        existing = {o.name for o in model.graph.output}
+        wanted = list(dict.fromkeys(n for n in extra_outputs if n in produced and n not in existing))
+        if wanted:
+            model = _with_outputs(model, wanted)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValidationInputError(f"onnxruntime cannot load the ONNX model: {exc}") from exc
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._dtypes = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ready = {}
+        for name, dtype in self._dtypes.items():
+            value = np.asarray(feed[name])
+            ready[name] = value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+        try:
+            values = self.session.run(self.output_names, ready)
+        except Exception as exc:
+            raise ValidationInputError(f"onnxruntime failed to run the ONNX model: {exc}") from exc
+        return dict(zip(self.output_names, values))
 
 
 def run_onnx(
     model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], extra_outputs: Sequence[str] = ()
 ) -> dict[str, np.ndarray]:
     """Run a model in onnxruntime, also returning the named intermediate tensors."""
-    import onnxruntime as ort
-
-    produced = {o for node in model.graph.node for o in node.output}
-    existing = {o.name for o in model.graph.output}
-    wanted = [name for name in extra_outputs if name in produced and name not in existing]
-    if wanted:
-        model = _with_outputs(model, wanted)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    return dict(zip(names, session.run(names, feed)))
+    return OnnxRunner(model, extra_outputs).run(inputs)
 
 
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -155,6 +330,283 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
     for name in names:
         copy.graph.output.append(onnx.ValueInfoProto(name=name))
     return copy
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+@dataclass
+class Pairing:
+    """Which ONNX tensor stands for which IR tensor."""
+
+    inputs: dict[str, str]  # net input -> ONNX graph input
+    outputs: dict[str, str]  # IR output tensor -> ONNX graph output
+    blobs: dict[str, str]  # IR intermediate tensor -> ONNX tensor of the same name
+    versions: dict[str, list[str]]  # IR tensor -> other versions of its Caffe blob to try
+    matched_by: str = "name"
+    notes: list[str] = field(default_factory=list)
+
+    def onnx_names(self) -> list[str]:
+        return list(dict.fromkeys([*self.outputs.values(), *self.blobs.values()]))
+
+
+def _onnx_inputs(model: onnx.ModelProto) -> list[tuple[str, tuple[int | None, ...] | None]]:
+    """The graph inputs that are not initializers, with static dims (None where symbolic)."""
+    initializers = {init.name for init in model.graph.initializer}
+    result = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            result.append((value.name, None))
+            continue
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim
+        )
+        result.append((value.name, dims))
+    return result
+
+
+def _fmt_dims(dims: tuple[int | None, ...] | None) -> str:
+    if dims is None:
+        return "?"
+    return "x".join("?" if d is None else str(d) for d in dims) if dims else "scalar"
+
+
+def _describe(items: Sequence[tuple[str, Any]], fmt: Callable[[Any], str]) -> str:
+    return ", ".join(f"'{name}' {fmt(shape)}" for name, shape in items) or "none"
+
+
+def pair_model(net: Net, model: onnx.ModelProto, feed_shapes: Mapping[str, tuple[int, ...]]) -> Pairing:
+    """Pair the net's inputs, outputs and blobs with the model's tensors; exit-2 errors on misfits."""
+    notes: list[str] = []
+    onnx_inputs = _onnx_inputs(model)
+    net_inputs = [(name, tuple(feed_shapes[name])) for name in net.input_names]
+    both = (
+        f"the ONNX model's inputs: {_describe(onnx_inputs, _fmt_dims)}; "
+        f"the Caffe net's inputs: {_describe(net_inputs, fmt_shape)}"
+    )
+    if len(onnx_inputs) != len(net_inputs):
+        raise ValidationInputError(
+            f"the ONNX model has {len(onnx_inputs)} input(s) but the Caffe net has {len(net_inputs)}: {both}"
+        )
+    onnx_by_name = dict(onnx_inputs)
+    matched_by = "name"
+    if all(name in onnx_by_name for name, _ in net_inputs):
+        inputs = {name: name for name, _ in net_inputs}
+    else:
+        matched_by = "order"
+        inputs = {name: onnx_name for (name, _), (onnx_name, _) in zip(net_inputs, onnx_inputs)}
+        notes.append(
+            "input names differ, paired by order: "
+            + ", ".join(f"'{n}' -> '{o}'" for n, o in inputs.items() if n != o)
+        )
+    for name, shape in net_inputs:
+        dims = onnx_by_name[inputs[name]]
+        if dims is None:
+            continue
+        if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims, shape)):
+            raise ValidationInputError(
+                f"the ONNX input '{inputs[name]}' is {_fmt_dims(dims)} but the Caffe net's input "
+                f"'{name}' is {fmt_shape(shape)}: {both}"
+            )
+
+    graph_outputs = [o.name for o in model.graph.output]
+    outputs = {name: name for name in net.outputs if name in graph_outputs}
+    if len(outputs) < len(net.outputs):
+        missing = [name for name in net.outputs if name not in outputs]
+        if len(graph_outputs) == len(net.outputs) and not outputs:
+            matched_by = "order"
+            outputs = dict(zip(net.outputs, graph_outputs))
+            notes.append(
+                "output names differ, paired by order: "
+                + ", ".join(f"'{n}' -> '{o}'" for n, o in outputs.items() if n != o)
+            )
+        elif not outputs:
+            raise ValidationInputError(
+                f"cannot pair the outputs: the ONNX model's outputs are {', '.join(graph_outputs) or 'none'}, "
+                f"the Caffe net's are {', '.join(net.outputs)} (different names and counts)"
+            )
+        else:
+            notes.append(f"net output(s) not in the ONNX model's outputs: {', '.join(missing)}")
+
+    produced = {o for node in model.graph.node for o in node.output}
+    ir_tensors = [top for layer in net.layers for top in layer.tops]
+    blobs = {t: t for t in ir_tensors if t in produced and t not in outputs}
+    versions: dict[str, list[str]] = {}
+    ssa_named = any("@" in t and t in produced for t in ir_tensors)
+    if not ssa_named:
+        by_blob: dict[str, list[str]] = {}
+        for t in ir_tensors:
+            by_blob.setdefault(net.blob_of.get(t, t), []).append(t)
+        for t in [*blobs, *outputs]:
+            others = [v for v in by_blob.get(net.blob_of.get(t, t), []) if v != t]
+            if others:
+                versions[t] = others
+    if matched_by == "order" and not blobs:
+        notes.append("no intermediate tensor carries a Caffe blob name: only the outputs are compared")
+    return Pairing(inputs, outputs, blobs, versions, matched_by, notes)
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total, label)
+
+
+def _compare_one(
+    net: Net,
+    pairing: Pairing,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    reference: str,
+    rtol: float,
+    atol: float,
+    notes: dict[str, None],
+) -> list[BlobComparison]:
+    producer = {top: (depth, layer) for depth, layer in enumerate(net.layers, start=1) for top in layer.tops}
+    rows = []
+    for depth, layer in enumerate(net.layers, start=1):
+        for top in layer.tops:
+            is_output = top in pairing.outputs
+            onnx_name = pairing.outputs.get(top) or pairing.blobs.get(top)
+            if onnx_name is None or onnx_name not in actual or top not in expected:
+                continue
+            ours, ref = np.asarray(actual[onnx_name]), np.asarray(expected[top])
+            if ours.shape != ref.shape:
+                shapes = f"'{onnx_name}' is {fmt_shape(ours.shape)}, blob '{top}' {fmt_shape(ref.shape)}"
+                if ours.size == ref.size:
+                    notes[f"{shapes}: compared as {fmt_shape(ref.shape)}"] = None
+                    ours = ours.reshape(ref.shape)
+                elif not is_output:
+                    notes[f"{shapes}: not compared"] = None
+                    continue
+            max_abs, max_rel, passed = compare_arrays(ours, ref, rtol, atol)
+            row = BlobComparison(
+                top, layer.name, layer.type, tuple(ref.shape), max_abs, max_rel, passed,
+                cosine_similarity(ours, ref), reference, onnx_name, depth, is_output,
+            )  # fmt: skip
+            if not passed:
+                row = _try_versions(row, ours, expected, pairing, producer, rtol, atol, notes)
+            rows.append(row)
+    return rows
+
+
+def _try_versions(row, ours, expected, pairing, producer, rtol, atol, notes) -> BlobComparison:
+    """Another converter may give an earlier version of an in-place blob its name."""
+    for version in pairing.versions.get(row.tensor, []):
+        if version not in expected or np.shape(expected[version]) != ours.shape:
+            continue
+        max_abs, max_rel, passed = compare_arrays(ours, expected[version], rtol, atol)
+        if passed:
+            depth, layer = producer[version]
+            note = f"'{row.onnx_name}' holds blob version '{version}' (written by layer '{layer.name}')"
+            notes[note] = None
+            return replace(
+                row,
+                tensor=version,
+                layer=layer.name,
+                layer_type=layer.type,
+                depth=depth,
+                max_abs=max_abs,
+                max_rel=max_rel,
+                passed=True,
+                cosine=cosine_similarity(ours, expected[version]),
+            )
+    return row
+
+
+def compare_feeds(
+    net: Net,
+    model: onnx.ModelProto,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    references: Sequence[str] = ("pytorch",),
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    prototxt: str | os.PathLike[str] | None = None,
+    caffemodel: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ValidationReport:
+    """Run the ONNX model and every reference on each feed; keep each blob's worst result.
+
+    ``feeds`` are keyed by net input name. The OpenCV reference needs the ``prototxt``
+    (and uses ``caffemodel`` when given, else writes the IR's weights).
+    """
+    references = tuple(dict.fromkeys(references))
+    unknown = [r for r in references if r not in REFERENCES]
+    if unknown or not references:
+        raise ValueError(f"unknown reference(s) {unknown}; choose from {', '.join(REFERENCES)}")
+    if not feeds:
+        raise ValueError("no inputs to compare on")
+    pairing = pair_model(net, model, {k: np.shape(v) for k, v in feeds[0].items()})
+    for note in pairing.notes:
+        log.warning("%s", note)
+    per_feed = 1 + (len(net.layers) if "pytorch" in references else 0) + (1 if "opencv" in references else 0)
+    setup = 1 + (1 if "opencv" in references else 0)
+    counter = _Progress(progress, setup + per_feed * len(feeds))
+
+    runners: dict[str, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]] = {}
+    if "pytorch" in references:
+        runners["pytorch"] = _torch_runner(net, counter)
+    if "opencv" in references:
+        from caffe2onnx.opencv_ref import OpenCVReference
+
+        if prototxt is None:
+            raise ValueError("the OpenCV reference needs the prototxt path")
+        cv = OpenCVReference(net, prototxt, caffemodel)
+        counter.step("opencv import")
+        runners["opencv"] = lambda feed: cv.run(feed, counter.step)
+    onnx_runner = OnnxRunner(model, pairing.onnx_names())
+    counter.step("onnxruntime session")
+
+    notes: dict[str, None] = {}
+    merged: dict[tuple[str, str], BlobComparison] = {}
+    for feed in feeds:
+        actual = onnx_runner.run({pairing.inputs[name]: value for name, value in feed.items()})
+        counter.step("onnxruntime")
+        for ref in references:
+            expected = runners[ref](feed)
+            for row in _compare_one(net, pairing, actual, expected, ref, rtol, atol, notes):
+                key = (ref, row.onnx_name)
+                merged[key] = merged[key].worst(row) if key in merged else row
+    order = {ref: i for i, ref in enumerate(references)}
+    rows = sorted(merged.values(), key=lambda r: (r.depth, r.tensor, order[r.reference]))
+    first = next(iter(feeds[0].values()))
+    return ValidationReport(
+        rows=rows,
+        rtol=rtol,
+        atol=atol,
+        notes=list(notes),
+        warnings=list(pairing.notes),
+        references=references,
+        batch=int(np.shape(first)[0]) if np.ndim(first) else None,
+        inputs={name: {"shape": list(np.shape(v))} for name, v in feeds[0].items()},
+        matched_by=pairing.matched_by,
+    )
+
+
+def _torch_runner(net: Net, counter: _Progress):
+    import torch
+
+    from caffe2onnx.torch_ref import build_module
+
+    module = build_module(net)
+
+    def run(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            values = module.run({k: torch.from_numpy(np.asarray(v)) for k, v in feed.items()}, counter.step)
+        return {k: v.detach().numpy() for k, v in values.items()}
+
+    return run
 
 
 def compare_net(
@@ -167,28 +619,92 @@ def compare_net(
     seed: int = 0,
 ) -> ValidationReport:
     """Run both sides on the same inputs and compare every Caffe blob present in both."""
-    import torch
+    feed = dict(inputs) if inputs is not None else random_inputs(net, seed)
+    report = compare_feeds(net, model, [feed], rtol=rtol, atol=atol)
+    report.seeds = (seed,)
+    return report
 
-    from caffe2onnx.torch_ref import build_module
 
-    inputs = dict(inputs) if inputs is not None else random_inputs(net, seed)
-    module = build_module(net)
-    with torch.no_grad():
-        reference = {
-            k: v.detach().numpy()
-            for k, v in module.run({k: torch.from_numpy(v) for k, v in inputs.items()}).items()
-        }
-    tensors = [top for layer in net.layers for top in layer.tops]
-    actual = run_onnx(model, inputs, tensors)
-    rows = []
-    for layer in net.layers:
-        for top in layer.tops:
-            if top not in actual or top not in reference:
-                continue
-            max_abs, max_rel, passed = compare_arrays(actual[top], reference[top], rtol, atol)
-            rows.append(
-                BlobComparison(
-                    top, layer.name, layer.type, tuple(reference[top].shape), max_abs, max_rel, passed
-                )
-            )
-    return ValidationReport(rows=rows, rtol=rtol, atol=atol)
+# ----------------------------------------------------------------------------- files -> report
+
+
+def validate_files(
+    prototxt: str | os.PathLike[str],
+    caffemodel: str | os.PathLike[str] | None = None,
+    onnx_model: onnx.ModelProto | str | os.PathLike[str] | None = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+    seeds: int = 1,
+    batch: int | None = None,
+    inputs: Mapping[str | None, Any] | None = None,
+    preprocess: Any = None,
+    reference: str | Sequence[str] = "pytorch",
+    opset: int | None = None,
+    progress: ProgressCallback | None = None,
+    **load_options: Any,
+) -> ValidationReport:
+    """Load the Caffe net (and the ONNX file, or convert in memory) and compare them.
+
+    ``inputs`` maps net input names (``None`` when the net has one input) to ``.npy``,
+    ``.npz`` or image paths, or to arrays; inputs not given are seeded random normal, one
+    set per seed ``seed, seed + 1, ..., seed + seeds - 1``. ``preprocess`` (an
+    :class:`caffe2onnx.inputs.Preprocess`) applies to file inputs. ``reference`` is
+    ``"pytorch"``, ``"opencv"`` or ``"both"``. ``batch`` sets the batch size of every
+    net input.
+    """
+    from caffe2onnx.caffemodel import read_caffemodel
+    from caffe2onnx.inputs import build_feeds
+    from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
+    from caffe2onnx.parser import load_net
+
+    if seeds < 1:
+        raise ValidationInputError(f"--seeds must be at least 1, got {seeds}")
+    if batch is not None and batch < 1:
+        raise ValidationInputError(f"--batch must be at least 1, got {batch}")
+    references = (
+        REFERENCES
+        if reference == "both"
+        else (reference,)
+        if isinstance(reference, str)
+        else tuple(reference)
+    )
+    weights = read_caffemodel(caffemodel) if caffemodel is not None else None
+    net = load_net(prototxt, weights, **load_options)
+    if batch is not None and any(shape[0] != batch for _, shape in net.inputs if shape):
+        shapes = dict(load_options.pop("input_shapes", None) or {})
+        shapes.update({name: (batch, *shape[1:]) for name, shape in net.inputs})
+        net = load_net(prototxt, weights, input_shapes=shapes, **load_options)
+    if onnx_model is None:
+        model = to_onnx(net, opset or DEFAULT_OPSET)
+        onnx_label = f"converted in memory (opset {opset or DEFAULT_OPSET})"
+    elif isinstance(onnx_model, onnx.ModelProto):
+        model, onnx_label = onnx_model, "<ModelProto>"
+    else:
+        onnx_label = os.fspath(onnx_model)
+        try:
+            model = onnx.load(onnx_label)
+        except Exception as exc:  # protobuf decode errors, missing external data, ...
+            raise ValidationInputError(f"cannot read the ONNX file {onnx_label}: {exc}") from exc
+    seed_list = tuple(range(seed, seed + seeds))
+    feeds, sources, notes = build_feeds(net, inputs, seeds=seed_list, preprocess=preprocess)
+    report = compare_feeds(
+        net,
+        model,
+        feeds,
+        references=references,
+        rtol=rtol,
+        atol=atol,
+        prototxt=prototxt,
+        caffemodel=caffemodel,
+        progress=progress,
+    )
+    report.notes = [*notes, *report.notes]
+    report.seeds = seed_list[: len(feeds)]
+    for name, info in report.inputs.items():
+        info["source"] = sources.get(name, "")
+    report.prototxt = os.fspath(prototxt)
+    report.caffemodel = os.fspath(caffemodel) if caffemodel is not None else ""
+    report.onnx = onnx_label
+    return report
