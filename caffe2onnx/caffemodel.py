@@ -11,15 +11,19 @@ the legacy ``num/channels/height/width`` (1-4), which win when present.
 
 Only these core fields are decoded, without a schema, because the forks give
 the same numbers to different parameters. Float payloads become numpy views of a
-memory map of the file: no per-element Python work and no copy.
+memory map of the file: no per-element Python work and no copy. The map keeps its
+file open, so :func:`file_region` can tell a writer where a weight's bytes sit in the
+file (the ONNX writer then copies them kernel-side, never touching them in Python).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 
@@ -29,6 +33,59 @@ from caffe2onnx.wire import FIXED32, LEN, VARINT, WireError
 
 _LEGACY_DIM_FIELDS = {1: 0, 2: 1, 3: 2, 4: 3}
 _UNPACKED_DATA_TAG = (5 << 3) | FIXED32  # BlobProto.data as repeated fixed32
+
+
+class MappedFile(mmap.mmap):
+    """A read-only memory map of a caffemodel that keeps its file open.
+
+    ``file`` is the open file (for ``copy_file_range``/``sendfile`` from it) and
+    ``address`` the address of the first mapped byte (to turn a view into an offset).
+    """
+
+    file: BinaryIO
+    address: int
+
+
+def _mapping(array: np.ndarray) -> tuple[MappedFile, int] | None:
+    """The caffemodel map ``array`` views and its byte offset there, or None."""
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
+        return None
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    while isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, MappedFile) or base.closed:
+        return None
+    offset = array.ctypes.data - base.address
+    if not 0 <= offset <= len(base) - array.nbytes:
+        return None
+    return base, offset
+
+
+def file_region(array: np.ndarray) -> tuple[int, int] | None:
+    """``(file descriptor, byte offset)`` of ``array``'s bytes in a caffemodel, if it is
+    an unchanged C-contiguous little-endian float32 view of one (else None)."""
+    found = _mapping(array) if isinstance(array, np.ndarray) and array.dtype == np.dtype("<f4") else None
+    if found is None:
+        return None
+    mapped, offset = found
+    return mapped.file.fileno(), offset
+
+
+def release(array: np.ndarray) -> None:
+    """Drop the pages of a caffemodel view from this process's memory (no-op otherwise).
+
+    The map is read-only and shared, so the bytes stay in the page cache and are mapped
+    again if the array is read later: this only keeps the peak RSS low while weights
+    are transformed or written one after the other.
+    """
+    found = _mapping(array)
+    if found is None or not array.nbytes or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    mapped, offset = found
+    start = offset - offset % mmap.PAGESIZE
+    mapped.madvise(mmap.MADV_DONTNEED, start, offset + array.nbytes - start)
 
 
 @dataclass
@@ -136,12 +193,22 @@ def read_caffemodel(path: str | os.PathLike[str]) -> CaffeModel:
     """Decode the blobs of a binary caffemodel (V2, V1 or V0 layout)."""
     path = str(path)
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise ParseError("the caffemodel is empty (0 bytes)", path)
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        handle = open(path, "rb")  # noqa: SIM115 (kept open by the map, see MappedFile)
     except OSError as exc:
         raise ParseError(f"cannot open caffemodel: {exc.strerror}", path) from None
+    try:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ParseError("the caffemodel is empty (0 bytes)", path)
+        mapped = MappedFile(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        handle.close()
+        raise ParseError(f"cannot open caffemodel: {exc.strerror}", path) from None
+    except BaseException:
+        handle.close()
+        raise
+    mapped.file = handle
+    weakref.finalize(mapped, handle.close)
+    mapped.address = np.frombuffer(mapped, np.uint8, count=1).ctypes.data
     buf = memoryview(mapped)
     head = bytes(buf[:16])
     if head.startswith(b"\x89HDF"):

@@ -43,13 +43,45 @@ class NetDefinitionError(Caffe2OnnxError):
     """The net is syntactically fine but its structure is wrong (bottoms, cycles, ...)."""
 
 
-class LayerError(Caffe2OnnxError):
-    """A problem with one layer: bad parameters, shapes or blobs."""
+def _location(path: str | None, line: int | None) -> str:
+    if not path:
+        return ""
+    return f"{path}:{line}: " if line is not None else f"{path}: "
 
-    def __init__(self, layer_name: str, layer_type: str, message: str) -> None:
+
+class LayerError(Caffe2OnnxError):
+    """A problem with one layer: bad parameters, shapes or blobs.
+
+    The parser adds the prototxt and the line of the layer (:meth:`locate`), so the
+    message reads ``net.prototxt:12: layer 'conv1' (Convolution): ...``.
+    """
+
+    def __init__(
+        self,
+        layer_name: str,
+        layer_type: str,
+        message: str,
+        path: str | None = None,
+        line: int | None = None,
+    ) -> None:
         self.layer_name = layer_name
         self.layer_type = layer_type
-        super().__init__(f"layer '{layer_name}' ({layer_type}): {message}")
+        self.detail = message
+        self.path = path
+        self.line = line
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = _location(self.path, self.line)
+        return f"{where}layer '{self.layer_name}' ({self.layer_type}): {self.detail}"
+
+    def locate(self, path: str | None, line: int | None = None) -> LayerError:
+        """Add the file (and line) of the layer to the message, unless it has one; return self."""
+        if path and not self.path:
+            self.path = path
+            self.line = line
+            self.args = (self._text(), *self.args[1:])
+        return self
 
 
 class ShapeError(LayerError):
@@ -63,9 +95,10 @@ class WeightError(LayerError):
 class UnsupportedLayersError(Caffe2OnnxError):
     """One or more layer types have no handler. Lists every one at once."""
 
-    def __init__(self, by_type: Mapping[str, Sequence[str]], hint: str = "") -> None:
+    def __init__(self, by_type: Mapping[str, Sequence[str]], hint: str = "", path: str | None = None) -> None:
         self.by_type = {t: list(names) for t, names in by_type.items()}
-        lines = [f"{len(self.by_type)} unsupported layer type(s):"]
+        self.path = path
+        lines = [f"{_location(path, None)}{len(self.by_type)} unsupported layer type(s):"]
         for layer_type, names in sorted(self.by_type.items()):
             shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
             lines.append(f"  {layer_type}: {shown}")
@@ -109,3 +142,12 @@ class ValidationMismatch(Caffe2OnnxError):
 
 class OutputError(Caffe2OnnxError):
     """The output file cannot be written."""
+
+
+class PluginError(Caffe2OnnxError):
+    """A plugin (``--plugin`` module or ``caffe2onnx.plugins`` entry point) cannot be loaded,
+    declares a bad handler, or its handler failed on a layer."""
+
+
+class PluginLayerError(LayerError, PluginError):
+    """A plugin's handler failed on a layer (the message names the plugin and the layer)."""

@@ -125,10 +125,22 @@ class NetSpec:
     layers: list[caffe_pb2.LayerParameter] = field(default_factory=list)
     state: caffe_pb2.NetState = field(default_factory=caffe_pb2.NetState)
     notes: list[str] = field(default_factory=list)
+    #: the prototxt line of each entry of ``layers`` (None when unknown)
+    lines: list[int | None] = field(default_factory=list)
+
+    def line_of(self, layer: caffe_pb2.LayerParameter) -> int | None:
+        for candidate, line in zip(self.layers, self.lines):
+            if candidate is layer:
+                return line
+        return None
 
 
-def upgrade(net: caffe_pb2.NetParameter, source: str = "<string>") -> NetSpec:
-    """Return the net with legacy inputs resolved and every layer as a V2 message."""
+def upgrade(net: caffe_pb2.NetParameter, source: str = "<string>", lines: list[int] | None = None) -> NetSpec:
+    """Return the net with legacy inputs resolved and every layer as a V2 message.
+
+    ``lines`` are the prototxt lines of the ``layer``/``layers`` entries in file order
+    (:func:`caffe2onnx.prototxt.layer_lines`); they are carried to ``NetSpec.lines``.
+    """
     if net.layer and net.layers:
         raise NetDefinitionError(
             f"{source}: the net mixes 'layer' (current) and 'layers' (V1) entries; "
@@ -137,13 +149,19 @@ def upgrade(net: caffe_pb2.NetParameter, source: str = "<string>") -> NetSpec:
     is_v0 = any(v1.HasField("layer") for v1 in net.layers)
     spec = NetSpec(name=net.name, format="V0" if is_v0 else ("V1" if net.layers else "V2"), state=net.state)
     spec.inputs = _legacy_inputs(net, source)
+    count = len(net.layers) or len(net.layer)
+    known: list[int | None] = list(lines or [])
+    all_lines = known if len(known) == count else [None] * count
     if net.layers:
         layers = [_upgrade_v1(v1) for v1 in net.layers]
         if is_v0:
-            layers = _merge_v0_padding(layers, spec.notes)
+            line_by_id = {id(layer): line for layer, line in zip(layers, all_lines)}
+            layers = _merge_v0_padding(layers, spec.notes, source)
+            all_lines = [line_by_id.get(id(layer)) for layer in layers]
         spec.layers = layers
     else:
         spec.layers = list(net.layer)
+    spec.lines = all_lines
     return spec
 
 
@@ -258,7 +276,7 @@ def _upgrade_v0_into(v0: caffe_pb2.V0LayerParameter, layer: caffe_pb2.LayerParam
 
 
 def _merge_v0_padding(
-    layers: list[caffe_pb2.LayerParameter], notes: list[str]
+    layers: list[caffe_pb2.LayerParameter], notes: list[str], source: str = "<string>"
 ) -> list[caffe_pb2.LayerParameter]:
     """Remove V0 ``padding`` layers, moving their pad into the conv/pool that reads them."""
     result: list[caffe_pb2.LayerParameter] = []
@@ -266,13 +284,15 @@ def _merge_v0_padding(
     for layer in layers:
         if layer.type == "padding":
             if len(layer.bottom) != 1 or len(layer.top) != 1:
-                raise NetDefinitionError(f"V0 padding layer '{layer.name}' needs one bottom and one top")
+                raise NetDefinitionError(
+                    f"{source}: V0 padding layer '{layer.name}' needs one bottom and one top"
+                )
             padding[layer.top[0]] = (layer.bottom[0], layer.convolution_param.pad[0], layer.name)
             continue
         for i, bottom in enumerate(layer.bottom):
             if bottom not in padding:
                 continue
-            source, pad, pad_name = padding[bottom]
+            origin, pad, pad_name = padding[bottom]
             if layer.type == "Convolution":
                 del layer.convolution_param.pad[:]
                 layer.convolution_param.pad.append(pad)
@@ -280,10 +300,10 @@ def _merge_v0_padding(
                 layer.pooling_param.pad = pad
             else:
                 raise NetDefinitionError(
-                    f"V0 padding layer '{pad_name}' feeds '{layer.name}' ({layer.type}); "
+                    f"{source}: V0 padding layer '{pad_name}' feeds '{layer.name}' ({layer.type}); "
                     "Caffe only merges padding into a convolution or pooling layer"
                 )
-            layer.bottom[i] = source
+            layer.bottom[i] = origin
             notes.append(f"merged V0 padding layer '{pad_name}' (pad {pad}) into '{layer.name}'")
         result.append(layer)
     return result

@@ -3,6 +3,8 @@
 Handlers are registered by listing their modules in ``HANDLER_MODULES``; each module
 exposes ``HANDLERS``, a list of handler instances. Registering a type twice is an error,
 so a plugin cannot silently replace a built-in handler (``replace=True`` says it means to).
+A registry also maps Caffe ``Python`` layers (``"module.Class"``) to layer types, so a
+plugin can claim the Python layers it implements (:mod:`caffe2onnx.plugins`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ HANDLER_MODULES = (
 class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._python_layers: dict[str, str] = {}
+        #: names of the plugins loaded into this registry (see caffe2onnx.plugins)
+        self.plugins: list[str] = []
 
     def register(self, handler: Handler, *, replace: bool = False) -> None:
         if not handler.types:
@@ -62,17 +67,50 @@ class Registry:
     def items(self) -> list[tuple[str, Handler]]:
         return sorted(self._handlers.items())
 
+    def map_python_layer(self, key: str, layer_type: str) -> None:
+        """Convert Caffe ``Python`` layers of ``key`` (``"module.Class"``, as in their
+        ``python_param``) with the handler of ``layer_type``. An explicit mapping given to
+        ``load_net`` (``--python-layer``) wins over this one."""
+        module, dot, cls = key.rpartition(".")
+        if not (module and dot and cls):
+            raise ValueError(f"a Python layer is named module.Class, got {key!r}")
+        self._python_layers[key] = layer_type
+
+    def python_layer_map(self) -> dict[str, str]:
+        """``"module.Class"`` of Python layers -> the layer type that converts them."""
+        return dict(self._python_layers)
+
+    def copy(self) -> Registry:
+        """An independent registry with the same handlers and Python layer mappings."""
+        other = Registry()
+        other._handlers = dict(self._handlers)
+        other._python_layers = dict(self._python_layers)
+        other.plugins = list(self.plugins)
+        return other
+
 
 _DEFAULT: Registry | None = None
 
 
+def builtin_registry() -> Registry:
+    """A new registry holding the built-in handlers only."""
+    registry = Registry()
+    for module_name in HANDLER_MODULES:
+        module = importlib.import_module(module_name)
+        registry.register_all(module.HANDLERS)
+    return registry
+
+
 def default_registry() -> Registry:
-    """The registry of built-in handlers (created on first use)."""
+    """The process-wide registry: the built-in handlers (created on first use) plus the
+    plugins loaded into it (:func:`caffe2onnx.plugins.load_plugins`)."""
     global _DEFAULT
     if _DEFAULT is None:
-        registry = Registry()
-        for module_name in HANDLER_MODULES:
-            module = importlib.import_module(module_name)
-            registry.register_all(module.HANDLERS)
-        _DEFAULT = registry
+        _DEFAULT = builtin_registry()
     return _DEFAULT
+
+
+def reset_default_registry() -> None:
+    """Forget the plugins loaded into the default registry (for tests)."""
+    global _DEFAULT
+    _DEFAULT = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import caffe2onnx
-from caffe2onnx.errors import LayerError, ShapeError, UnsupportedLayersError
+from caffe2onnx.errors import LayerError, ShapeError
 from caffe2onnx.make_weights import make_weights
 from caffe2onnx.onnx_export import to_onnx
 from caffe2onnx.validation import compare_net, run_onnx
@@ -309,12 +309,6 @@ def test_yolo_net_up_to_detection_output(key, tmp_path):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnsupportedLayersError,
-    reason="load_net checks every layer type before pruning to `outputs` (parser.py), so a net "
-    "cannot yet be cut before a layer type that has no handler",
-)
 @pytest.mark.parametrize("key", YOLO_NETS, ids=list(YOLO_NETS))
 def test_yolo_net_cut_with_outputs(key):
     file, layer_type, shape = YOLO_NETS[key]
