@@ -62,17 +62,22 @@ def convert(
     prototxt: str | os.PathLike[str],
     caffemodel: str | os.PathLike[str] | None = None,
     opset: int | None = None,
+    *,
+    optimize: bool = True,
     **load_options: Any,
 ) -> onnx.ModelProto:
     """Convert a Caffe net to an ONNX model (checker-clean, shape-inferred).
 
+    ``optimize`` folds BatchNorm/Scale into the preceding convolution, drops identities
+    and folds constants (``False`` keeps the graph 1:1 with the Caffe layers).
     ``load_options`` are those of :func:`load_net` (``input_shapes``,
-    ``random_weights``, ``python_layers``, ``outputs``).
+    ``random_weights``, ``python_layers``, ``outputs``). To write a large model without
+    holding it in memory, use ``caffe2onnx.onnx_export.save_model``.
     """
     from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
 
     net = load_net(prototxt, caffemodel, **load_options)
-    return to_onnx(net, opset or DEFAULT_OPSET)
+    return to_onnx(net, opset or DEFAULT_OPSET, optimize=optimize)
 
 
 def validate(

@@ -92,6 +92,13 @@ def _add_net_arguments(parser: argparse.ArgumentParser, weights: bool = True) ->
         metavar="MODULE.CLASS=TYPE",
         help="convert a Python layer with the handler of TYPE (repeatable)",
     )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE|FILE.py",
+        help="load custom layer handlers from a module or file (repeatable; see README)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
     convert.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    convert.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="keep the graph 1:1 with the Caffe layers (no BatchNorm folding, identities kept)",
+    )
+    convert.add_argument(
+        "--external-data",
+        action="store_true",
+        help="write the weights to <output>.data beside the model (automatic above 2 GB)",
+    )
     _add_common(convert)
 
     validate = sub.add_parser(
@@ -227,10 +244,8 @@ def _print_report(report, quiet: bool) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import onnx
-
-    from caffe2onnx.atomic import atomic_output, check_output_dir
-    from caffe2onnx.onnx_export import to_onnx
+    from caffe2onnx.atomic import check_output_dir
+    from caffe2onnx.onnx_export import save_model
     from caffe2onnx.parser import load_net
 
     output = args.output or os.path.splitext(os.path.basename(args.prototxt))[0] + ".onnx"
@@ -238,22 +253,37 @@ def cmd_convert(args: argparse.Namespace) -> int:
     net = load_net(args.prototxt, args.caffemodel, **_load_options(args))
     for note in net.notes:
         log.info("note: %s", note)
-    model = to_onnx(net, args.opset)
-    with atomic_output(output) as handle:
-        handle.write(model.SerializeToString())
-    log.info(
-        "wrote %s: %d layers, %d parameters, opset %d, outputs %s",
+    saved = save_model(
+        net,
         output,
+        args.opset,
+        optimize=not args.no_optimize,
+        external_data=True if args.external_data else None,
+        progress=not args.quiet,
+    )
+    log.info(
+        "wrote %s%s: %d Caffe layers (%d after optimization), %d parameters, opset %d, outputs %s",
+        saved.path,
+        f" (+ weights in {saved.data_path})" if saved.data_path else "",
         len(net.layers),
+        len(saved.net.layers),
         net.parameter_count(),
         args.opset,
         ", ".join(net.outputs),
     )
-    del onnx
     if args.validate:
+        import onnx
+
         from caffe2onnx.validation import compare_net
 
-        report = compare_net(net, model, rtol=args.rtol, atol=args.atol)
+        model = onnx.load(str(saved.path), load_external_data=False)
+        report = compare_net(
+            net,
+            model,
+            rtol=args.rtol,
+            atol=args.atol,
+            model_dir=os.path.dirname(os.path.abspath(saved.path)),
+        )
         return _print_report(report, args.quiet)
     return EXIT_OK
 
@@ -366,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(_MessageFormatter("%(message)s"))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     try:
+        from caffe2onnx.plugins import load_plugins
+
+        load_plugins(args.plugin)  # --plugin modules and installed caffe2onnx.plugins entry points
         return COMMANDS[args.command](args)
     except Caffe2OnnxError as exc:
         if args.debug:

@@ -286,7 +286,10 @@ _ORT_TYPES = {
 class OnnxRunner:
     """One onnxruntime session for a model, with the named intermediate tensors exposed."""
 
-    def __init__(self, model: onnx.ModelProto, extra_outputs: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, extra_outputs: Sequence[str] = (), model_dir: str | None = None
+    ) -> None:
+        """``model_dir`` is where the model's external data files live (for large models)."""
         import onnxruntime as ort
 
         produced = {o for node in model.graph.node for o in node.output}
@@ -297,9 +300,12 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            if _uses_external_data(model) or model.ByteSize() > _SERIALIZE_LIMIT:
+                self.session = _session_from_file(model, model_dir, options)
+            else:
+                self.session = ort.InferenceSession(
+                    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValidationInputError(f"onnxruntime cannot load the ONNX model: {exc}") from exc
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -315,6 +321,36 @@ class OnnxRunner:
         except Exception as exc:
             raise ValidationInputError(f"onnxruntime failed to run the ONNX model: {exc}") from exc
         return dict(zip(self.output_names, values))
+
+
+_SERIALIZE_LIMIT = 2**31 - 2**24  # protobuf cannot serialize a message of 2 GiB or more
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _session_from_file(model: onnx.ModelProto, model_dir: str | None, options):
+    """A session for a model too large to pass to onnxruntime as bytes, via a temporary file."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    if _uses_external_data(model):
+        # The graph must sit beside its external data files (named relative to it).
+        fd, path = tempfile.mkstemp(suffix=".onnx", dir=model_dir or ".")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(model.SerializeToString())
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        finally:
+            os.unlink(path)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # onnx.save(save_as_external_data=True) rewrites the tensors it saves
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "model.onnx")
+        onnx.save(copy, path, save_as_external_data=True, location="model.onnx.data")
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(
@@ -535,6 +571,7 @@ def compare_feeds(
     prototxt: str | os.PathLike[str] | None = None,
     caffemodel: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
+    model_dir: str | None = None,
 ) -> ValidationReport:
     """Run the ONNX model and every reference on each feed; keep each blob's worst result.
 
@@ -565,7 +602,7 @@ def compare_feeds(
         cv = OpenCVReference(net, prototxt, caffemodel)
         counter.step("opencv import")
         runners["opencv"] = lambda feed: cv.run(feed, counter.step)
-    onnx_runner = OnnxRunner(model, pairing.onnx_names())
+    onnx_runner = OnnxRunner(model, pairing.onnx_names(), model_dir)
     counter.step("onnxruntime session")
 
     notes: dict[str, None] = {}
@@ -617,10 +654,13 @@ def compare_net(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     seed: int = 0,
+    model_dir: str | None = None,
 ) -> ValidationReport:
-    """Run both sides on the same inputs and compare every Caffe blob present in both."""
+    """Run both sides on the same inputs and compare every Caffe blob present in both.
+
+    ``model_dir``: the directory of the model file when its weights are external data."""
     feed = dict(inputs) if inputs is not None else random_inputs(net, seed)
-    report = compare_feeds(net, model, [feed], rtol=rtol, atol=atol)
+    report = compare_feeds(net, model, [feed], rtol=rtol, atol=atol, model_dir=model_dir)
     report.seeds = (seed,)
     return report
 
@@ -676,6 +716,7 @@ def validate_files(
         shapes = dict(load_options.pop("input_shapes", None) or {})
         shapes.update({name: (batch, *shape[1:]) for name, shape in net.inputs})
         net = load_net(prototxt, weights, input_shapes=shapes, **load_options)
+    model_dir = None
     if onnx_model is None:
         model = to_onnx(net, opset or DEFAULT_OPSET)
         onnx_label = f"converted in memory (opset {opset or DEFAULT_OPSET})"
@@ -684,7 +725,8 @@ def validate_files(
     else:
         onnx_label = os.fspath(onnx_model)
         try:
-            model = onnx.load(onnx_label)
+            model = onnx.load(onnx_label, load_external_data=False)
+            model_dir = os.path.dirname(os.path.abspath(onnx_label))
         except Exception as exc:  # protobuf decode errors, missing external data, ...
             raise ValidationInputError(f"cannot read the ONNX file {onnx_label}: {exc}") from exc
     seed_list = tuple(range(seed, seed + seeds))
@@ -699,6 +741,7 @@ def validate_files(
         prototxt=prototxt,
         caffemodel=caffemodel,
         progress=progress,
+        model_dir=model_dir,
     )
     report.notes = [*notes, *report.notes]
     report.seeds = seed_list[: len(feeds)]

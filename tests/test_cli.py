@@ -146,3 +146,38 @@ def test_input_shape_flag_parses_and_applies(tmp_path, capsys):
     shape = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
     assert shape == [2, 3, 10, 10]
     assert np.prod(shape) == 600
+
+
+def test_convert_optimizes_by_default_and_no_optimize_keeps_every_layer(tmp_path, capsys):
+    net = SAMPLES / "segnet_style.prototxt"
+    optimized, plain = tmp_path / "opt.onnx", tmp_path / "plain.onnx"
+    assert main(["convert", str(net), "--random-weights", "0", "-o", str(optimized), "--validate", "-q"]) == 0
+    assert main(["convert", str(net), "--random-weights", "0", "-o", str(plain), "--no-optimize", "-q"]) == 0
+    ops_opt = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    ops_plain = [n.op_type for n in onnx.load(str(plain)).graph.node]
+    # SegNet's "BN" (INFERENCE mode) is a Mul + Add after each convolution: folded away.
+    assert ops_plain.count("Mul") >= 2 and ops_plain.count("Add") >= 2
+    assert ops_opt.count("Mul") < ops_plain.count("Mul")
+    assert len(ops_opt) < len(ops_plain)
+
+
+def test_external_data_flag_writes_weights_beside_the_model_and_validates(tmp_path, capsys):
+    out = tmp_path / "ext.onnx"
+    code = main(
+        [
+            "convert",
+            str(SAMPLE),
+            "--random-weights",
+            "0",
+            "-o",
+            str(out),
+            "--external-data",
+            "--validate",
+            "-q",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    data = [p for p in tmp_path.iterdir() if p.name.startswith("ext.onnx") and p != out]
+    assert len(data) == 1 and data[0].stat().st_size > 4 * 11000
+    assert out.stat().st_size < data[0].stat().st_size
+    assert main(["validate", str(SAMPLE), "--random-weights", "0", "--onnx", str(out), "-q"]) == 0

@@ -77,8 +77,12 @@ def test_classification_net_matches_opencv_and_torch(key, weights_dir):
     reference = opencv_forward(prototxt, caffemodel, inputs, opencv_layers)
     ours = run_onnx(model, inputs)
     for out, layer_name in zip(net.outputs, opencv_layers):
-        max_abs, max_rel, passed = compare_arrays(ours[out], reference[layer_name].reshape(ours[out].shape), rtol, 1e-6)
-        assert passed, f"{key}: output '{out}' vs OpenCV: max abs {max_abs:.3g}, max rel {max_rel:.3g} > {rtol}"
+        max_abs, max_rel, passed = compare_arrays(
+            ours[out], reference[layer_name].reshape(ours[out].shape), rtol, 1e-6
+        )
+        assert passed, (
+            f"{key}: output '{out}' vs OpenCV: max abs {max_abs:.3g}, max rel {max_rel:.3g} > {rtol}"
+        )
 
     report = compare_net(net, model, inputs=inputs, rtol=rtol)
     assert report.passed, report.summary()

@@ -29,7 +29,9 @@ def test_first_lines_give_the_install_and_test_commands():
 
 def test_ci_runs_the_readme_test_command():
     readme_test = next(
-        line for line in (ROOT / "README.md").read_text().splitlines()[:6] if line.startswith("python -m pytest")
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()[:6]
+        if line.startswith("python -m pytest")
     )
     assert readme_test.split()[-1] in (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest -n 2" in (ROOT / ".ci" / "run").read_text()
