@@ -18,7 +18,7 @@ from caffe2onnx.caffemodel import write_caffemodel
 from caffe2onnx.ir import Net
 from caffe2onnx.layers.registry import Registry, default_registry
 from caffe2onnx.parser import load_net
-from caffe2onnx.weights import random_blobs
+from caffe2onnx.weights import fill_or_fail, random_blobs
 
 
 def net_random_blobs(
@@ -33,7 +33,7 @@ def net_random_blobs(
         if not specs:
             continue
         name = layer.caffe_name or layer.name
-        blobs = random_blobs(name, specs, seed)
+        blobs = fill_or_fail(layer, random_blobs, name, specs, seed)
         for i, param in enumerate(layer.param_names[: len(blobs)]):
             if param:
                 blobs[i] = shared.setdefault(param, blobs[i])

@@ -796,9 +796,19 @@ class _Builder:
                 f"(ignored, as Caffe does): {shown}"
             )
 
+    def _fills(self, layer: Layer, specs, line: int | None) -> bool:
+        """Whether the prototxt's fillers can fill the layer (problems are reported)."""
+        from caffe2onnx.weights import _deterministic_fill, fill_or_fail
+
+        try:
+            return fill_or_fail(layer, _deterministic_fill, specs) is not None
+        except Caffe2OnnxError as exc:
+            self.report(exc, line)
+            return True
+
     def _check_weights(self, entries: list[_Entry], model: CaffeModel) -> None:
         """Every blob problem at once (``analyze_net``), without allocating weights."""
-        from caffe2onnx.weights import _deterministic_fill, _match_blobs
+        from caffe2onnx.weights import _match_blobs
 
         status = self.analysis.weights
         wanting: list[str] = []
@@ -819,7 +829,7 @@ class _Builder:
                 except Caffe2OnnxError as exc:
                     status[layer.name] = "MISMATCH"
                     self.report(exc, entry.line)
-            elif _deterministic_fill(specs) is not None:
+            elif self._fills(layer, specs, entry.line):
                 status[layer.name] = "filler"
             else:
                 status[layer.name] = "missing"

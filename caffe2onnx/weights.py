@@ -124,6 +124,15 @@ def _deterministic_fill(specs: Sequence[BlobSpec]) -> list[np.ndarray] | None:
     return blobs
 
 
+def fill_or_fail(layer: Layer, make, *args):
+    """``make(*args)``; a filler's ValueError (e.g. bilinear on a non-square kernel) becomes
+    a WeightError naming the layer."""
+    try:
+        return make(*args)
+    except ValueError as exc:
+        raise WeightError(layer.name, layer.type, f"cannot fill the blobs: {exc}") from None
+
+
 def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in shape if d != 1)
 
@@ -187,10 +196,10 @@ def attach_weights(
             origin = "caffemodel"
             matched += 1
         if blobs is None:
-            blobs = _deterministic_fill(specs)
+            blobs = fill_or_fail(layer, _deterministic_fill, specs)
             origin = "filler" if blobs is not None else origin
         if blobs is None and random_seed is not None:
-            blobs = random_blobs(source_name, specs, random_seed)
+            blobs = fill_or_fail(layer, random_blobs, source_name, specs, random_seed)
             origin = "random"
         if blobs is None:
             filler = specs[0].filler.type if specs[0].filler else "none given"

@@ -10,6 +10,7 @@ before anything big is allocated.
 from __future__ import annotations
 
 import os
+import tempfile
 import subprocess
 import sys
 import time
@@ -120,12 +121,17 @@ class Case:
 
 
 def _not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Root may write anywhere, so "not writable" is simulated for the output directory.
-    real_access = os.access
+    # Root may write anywhere, so creating a file in the output directory is made to fail
+    # the way a read-only directory fails for other users.
+    real_mkstemp = tempfile.mkstemp
     target = str(tmp_path / "out")
-    monkeypatch.setattr(
-        os, "access", lambda p, mode, **kw: False if str(p) == target else real_access(p, mode, **kw)
-    )
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(str(dir)) == target:
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
 
 
 def _parent_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,6 +423,23 @@ CASES = [
         caffemodel=huge_blob,
         args=(),
         capped=True,
+    ),
+    Case(
+        "bilinear_filler_on_a_non_square_kernel",
+        layer(
+            'layer { name: "up" type: "Deconvolution" bottom: "data" top: "up" convolution_param {\n'
+            '  num_output: 3 group: 3 kernel_h: 4 kernel_w: 6 stride: 2 bias_term: false weight_filler { type: "bilinear" } } }'
+        ),
+        ("{prototxt}:4: layer 'up' (Deconvolution)", "square kernel", "[3, 1, 4, 6]"),
+        args=(),
+    ),
+    Case(
+        "absurd_prior_box_size",
+        'name: "bad"\ninput: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+        'input: "image" input_dim: 1 input_dim: 3 input_dim: 32 input_dim: 32\n'
+        'layer { name: "prior" type: "PriorBox" bottom: "data" bottom: "image" top: "prior"\n'
+        "  prior_box_param { min_size: 2 max_size: 1e30 } }\n",
+        ("{prototxt}:4: layer 'prior' (PriorBox)", "box sizes must be below"),
     ),
     # --- output files
     Case("output_directory_missing", NET, ("does not exist", "create it first"), output="out/no/such/m.onnx"),

@@ -61,6 +61,9 @@ from caffe2onnx.layers.base import Handler, filler_of, layer_error, prod, shape_
 # ----------------------------------------------------------------------------- Permute
 
 
+_MAX_BOX_SIZE = float(2**24)  # pixels; beyond any image (and exact in float32)
+
+
 @dataclass(frozen=True)
 class PermuteParams:
     order: tuple[int, ...]
@@ -219,6 +222,10 @@ class PriorBox(Handler):
             raise layer_error(lp, "prior_box_param.min_size is required (one or more values)")
         if any(m <= 0 for m in p.min_size):
             raise layer_error(lp, f"min_size must be positive, got {list(p.min_size)}")
+        if any(not m < _MAX_BOX_SIZE for m in (*p.min_size, *p.max_size)):
+            raise layer_error(
+                lp, f"box sizes must be below {_MAX_BOX_SIZE:g} pixels, got {[*p.min_size, *p.max_size]}"
+            )
         if p.max_size:
             if len(p.max_size) != len(p.min_size):
                 raise layer_error(
