@@ -10,9 +10,9 @@ before anything big is allocated.
 from __future__ import annotations
 
 import os
-import tempfile
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
