@@ -124,6 +124,14 @@ def _deterministic_fill(specs: Sequence[BlobSpec]) -> list[np.ndarray] | None:
     return blobs
 
 
+def _initializer_name(name: str, tensors: Mapping[str, Shape]) -> str:
+    """An ONNX initializer name that no blob (tensor) of the net uses."""
+    candidate = name
+    while candidate in tensors:
+        candidate = f"param:{candidate}"
+    return candidate
+
+
 def fill_or_fail(layer: Layer, make, *args):
     """``make(*args)``; a filler's ValueError (e.g. bilinear on a non-square kernel) becomes
     a WeightError naming the layer."""
@@ -211,7 +219,7 @@ def attach_weights(
         for i, blob in enumerate(blobs):
             param = layer.param_names[i] if i < len(layer.param_names) else ""
             if param:
-                key = f"{param}"
+                key = _initializer_name(param, shapes)
                 if key in shared:
                     owner_blob, owner = shared[key]
                     if owner_blob.shape != blob.shape:
@@ -226,7 +234,7 @@ def attach_weights(
                     shared[key] = (blob, layer.name)
                 names.append(key)
             else:
-                names.append(f"{layer.name}/{specs[i].role}")
+                names.append(_initializer_name(f"{layer.name}/{specs[i].role}", shapes))
             blobs[i] = blob
         result.append(layer.with_(weights=tuple(blobs), weight_names=tuple(names), weights_from=origin))
     if model is not None and wanting and matched == 0 and model.blobs:

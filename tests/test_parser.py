@@ -299,3 +299,18 @@ def test_outputs_option_cuts_the_net(tmp_path):
     net = caffe2onnx.load_net(write(tmp_path, text), random_weights=0, outputs=["conv"])
     assert [layer.name for layer in net.layers] == ["conv", "relu"]
     assert net.outputs == ("conv",)
+
+
+def test_shared_parameter_named_like_a_blob_gets_its_own_initializer_name(tmp_path):
+    text = """
+    input: "a" input_dim: 1 input_dim: 1 input_dim: 5 input_dim: 5
+    input: "b" input_dim: 1 input_dim: 1 input_dim: 5 input_dim: 5
+    layer { name: "ca" type: "Convolution" bottom: "a" top: "fa" param { name: "w" } param { name: "b" }
+      convolution_param { num_output: 2 kernel_size: 3 } }
+    layer { name: "cb" type: "Convolution" bottom: "b" top: "fb" param { name: "w" } param { name: "b" }
+      convolution_param { num_output: 2 kernel_size: 3 } }
+    """
+    run = run_net(tmp_path, text)
+    initializers = sorted(init.name for init in run.model.graph.initializer)
+    assert initializers == ["param:b", "w"], "the bias parameter 'b' must not shadow the input blob 'b'"
+    np.testing.assert_allclose(run.onnx["fb"], run.torch["fb"], rtol=1e-5, atol=1e-5)
