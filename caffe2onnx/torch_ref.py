@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from caffe2onnx.ir import Net
+from caffe2onnx.ir import Layer, Net
 from caffe2onnx.layers.registry import Registry, default_registry
 
 #: BlobSpec ``init`` kinds of the running statistics a BatchNorm-like layer stores.
@@ -85,10 +85,13 @@ class CaffeNetModule(nn.Module):
         self,
         inputs: Mapping[str, torch.Tensor | np.ndarray],
         progress: Callable[[str], None] | None = None,
+        after_layer: Callable[[Layer, dict[str, torch.Tensor]], None] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Forward pass returning every tensor (net inputs included) by its IR name.
 
-        ``progress`` is called with each layer's name after the layer ran.
+        ``progress`` is called with each layer's name after the layer ran;
+        ``after_layer(layer, values)`` may inspect or replace the layer's tops in ``values``
+        before later layers read them (validation uses it to follow argmax near-ties).
         """
         values: dict[str, torch.Tensor] = {}
         for name in self.net.input_names:
@@ -103,6 +106,8 @@ class CaffeNetModule(nn.Module):
             outs = handler.to_torch(layer, xs, ws)
             for top, out in zip(layer.tops, outs):
                 values[top] = out
+            if after_layer is not None:
+                after_layer(layer, values)
             if progress is not None:
                 progress(layer.name)
         return values

@@ -46,6 +46,7 @@ from caffe2onnx.validation import (
     DEFAULT_RTOL,
     BlobComparison,
     ValidationReport,
+    argmax_near_ties,
     compare_arrays,
     cosine_similarity,
     random_inputs,
@@ -268,27 +269,6 @@ class NetResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _argmax_ties(
-    x: np.ndarray, ours: np.ndarray, ref: np.ndarray, rtol: float, atol: float
-) -> tuple[int, float] | None:
-    """If two Pooling masks differ only at near-ties of the pooled input: (count, max gap)."""
-    differ = ours != ref
-    count = int(differ.sum())
-    if count == 0:
-        return 0, 0.0
-    n, c = x.shape[:2]
-    planes = x.reshape(n * c, -1)
-    plane = np.broadcast_to(np.arange(n * c).reshape(n, c, 1, 1), ours.shape)[differ]
-    size = planes.shape[1]
-    picks = [m[differ] for m in (ours, ref)]
-    if any(((p < 0) | (p >= size) | (p != np.round(p))).any() for p in picks):
-        return None
-    a, b = (planes[plane, p.astype(np.int64)] for p in picks)
-    gap = float(np.abs(a - b).max())
-    scale = float(np.abs(x).max())
-    return (count, gap / scale if scale else gap) if gap <= atol + rtol * scale else None
-
-
 def _row(
     layer: Layer,
     top: str,
@@ -356,7 +336,7 @@ def compare_with_torch(
                 ours, ref = onnx_values[top], values[top].numpy()
                 if top == mask and ours.shape == ref.shape:
                     x = values[layer.bottoms[0]].numpy()
-                    ties = _argmax_ties(x, ours, ref, rtol, atol)
+                    ties = argmax_near_ties(x, ours, ref, rtol, atol)
                     if ties is not None and ties[0]:
                         notes.append(
                             f"{layer.name}: {ties[0]} argmax near-tie(s) (inputs {ties[1]:.2g} apart, "
@@ -467,19 +447,19 @@ def test_mask_unpooling_nets_at_opset_bounds(key, opset, workdir):
     assert result.torch.passed, result.torch.summary()
 
 
-def test_argmax_ties_accepts_near_ties_and_rejects_wrong_indices():
+def testargmax_near_ties_accepts_near_ties_and_rejects_wrong_indices():
     x = np.zeros((1, 2, 2, 2), np.float32)
     x[0, 0] = [[1.0, 1.0 + 1e-7], [0.0, 0.0]]
     x[0, 1] = [[0.0, 0.5], [2.0, 0.0]]
     ref = np.array([[[[1.0]], [[2.0]]]], np.float32)  # the argmax of each 2x2 plane
     tie = np.array([[[[0.0]], [[2.0]]]], np.float32)  # plane 0 picks its near-equal neighbour
-    assert _argmax_ties(x, ref, ref, 1e-4, 1e-6) == (0, 0.0)
-    count, gap = _argmax_ties(x, tie, ref, 1e-4, 1e-6)
+    assert argmax_near_ties(x, ref, ref, 1e-4, 1e-6) == (0, 0.0)
+    count, gap = argmax_near_ties(x, tie, ref, 1e-4, 1e-6)
     assert count == 1 and 0 < gap < 1e-6
     wrong = np.array([[[[1.0]], [[1.0]]]], np.float32)  # plane 1: 0.5 is not the max 2.0
-    assert _argmax_ties(x, wrong, ref, 1e-4, 1e-6) is None
+    assert argmax_near_ties(x, wrong, ref, 1e-4, 1e-6) is None
     outside = np.array([[[[4.0]], [[2.0]]]], np.float32)  # not an index of a 2x2 plane
-    assert _argmax_ties(x, outside, ref, 1e-4, 1e-6) is None
+    assert argmax_near_ties(x, outside, ref, 1e-4, 1e-6) is None
 
 
 def test_test_phase_deploy_drops_data_loss_and_train_layers(tmp_path):

@@ -461,3 +461,18 @@ def test_readme_validation_example_runs_and_its_table_is_current(tmp_path, capsy
     assert columns == [line.split()[:3] for line in shown.splitlines() if line.endswith(" ok")]
     assert out.splitlines()[-1].split(",")[0] == shown.strip().splitlines()[-1].split(",")[0]
     assert (tmp_path / "report.html").is_file()
+
+
+def test_argmax_near_ties_are_followed_but_wrong_indices_fail():
+    """A mask may pick either of two window values equal within the tolerance; nothing else."""
+    from caffe2onnx.validation import argmax_near_ties
+
+    x = np.array([[[[1.0, 1.0 + 1e-7], [0.0, -3.0]]]], np.float32)  # one 2x2 plane
+    ref = np.array([[[[1.0]]]], np.float32)  # Caffe-style per-plane index of 1+1e-7
+    tie = np.array([[[[0.0]]]], np.float32)  # the near-equal neighbour
+    wrong = np.array([[[[2.0]]]], np.float32)  # 0.0: not a tie
+    assert argmax_near_ties(x, ref, ref, 1e-4, 1e-6) == (0, 0.0)
+    count, gap = argmax_near_ties(x, tie, ref, 1e-4, 1e-6)
+    assert count == 1 and gap < 1e-6
+    assert argmax_near_ties(x, wrong, ref, 1e-4, 1e-6) is None
+    assert argmax_near_ties(x, np.array([[[[7.0]]]], np.float32), ref, 1e-4, 1e-6) is None
