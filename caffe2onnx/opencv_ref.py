@@ -85,7 +85,11 @@ class OpenCVReference:
         self.tensor_of: dict[str, str] = {}
         for layer in net.layers:
             cv_name = layer.caffe_name or layer.name
-            if cv_name in known and layer.tops:
+            if cv_name not in known and layer.caffe_tops and layer.caffe_tops[0] in known:
+                # OpenCV lists some layers (e.g. a Convolution whose top is named differently)
+                # under their top's name.
+                cv_name = layer.caffe_tops[0]
+            if cv_name in known and layer.tops and cv_name not in self.tensor_of:
                 self.tensor_of[cv_name] = layer.tops[0]
 
     def run(

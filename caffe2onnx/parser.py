@@ -262,19 +262,46 @@ def _input_layer_shapes(lp: caffe_pb2.LayerParameter) -> list[Shape]:
     return shapes
 
 
-def _data_layer_shape(lp: caffe_pb2.LayerParameter) -> Shape | None:
-    """The shape of a data layer's first top, when the layer itself says it."""
+def _data_layer_shape(lp: caffe_pb2.LayerParameter) -> tuple[Shape | None, str]:
+    """The shape of a data layer's first top when the layer itself says it, and how it was
+    found (for the note). Image sizes come from the crop or resize parameters; the batch
+    is 1 (inference), and the channels are 1 for grey images, else as many as there are
+    mean values, else 3."""
     if lp.type == "MemoryData":
         p = lp.memory_data_param
         if p.batch_size and p.channels and p.height and p.width:
-            return (p.batch_size, p.channels, p.height, p.width)
+            return (p.batch_size, p.channels, p.height, p.width), "from memory_data_param"
     if lp.type == "DummyData":
         p = lp.dummy_data_param
         if p.shape:
-            return tuple(int(d) for d in p.shape[0].dim)
+            return tuple(int(d) for d in p.shape[0].dim), "from dummy_data_param"
         if p.num and p.channels and p.height and p.width:
-            return (p.num[0], p.channels[0], p.height[0], p.width[0])
-    return None
+            return (p.num[0], p.channels[0], p.height[0], p.width[0]), "from dummy_data_param"
+    t = lp.transform_param
+    size: tuple[int, int] | None = None
+    if t.crop_h and t.crop_w:
+        size, source = (t.crop_h, t.crop_w), "transform_param crop_h/crop_w"
+    elif t.crop_size:
+        size, source = (t.crop_size, t.crop_size), "transform_param.crop_size"
+    elif lp.type == "DenseImageData":
+        p = lp.dense_image_data_param
+        if p.crop_height and p.crop_width:
+            size, source = (p.crop_height, p.crop_width), "crop_height/crop_width"
+        elif p.new_height and p.new_width:
+            size, source = (p.new_height, p.new_width), "new_height/new_width"
+    elif lp.type in ("ImageData", "ImageSegData", "ImageLabelmapData"):
+        p = lp.image_data_param
+        if p.crop_size:
+            size, source = (p.crop_size, p.crop_size), "image_data_param.crop_size"
+        elif p.new_height and p.new_width:
+            size, source = (p.new_height, p.new_width), "new_height/new_width"
+    if size is None:
+        return None, ""
+    grey = (lp.type == "DenseImageData" and not lp.dense_image_data_param.is_color) or (
+        lp.type.startswith("Image") and not lp.image_data_param.is_color
+    )
+    channels = 1 if grey else (len(t.mean_value) if len(t.mean_value) > 1 else 3)
+    return (1, channels, *size), f"{source}, batch 1, {channels} channel(s) assumed"
 
 
 def _python_key(lp: caffe_pb2.LayerParameter) -> str:
@@ -475,14 +502,23 @@ class _Builder:
             if lp.type in DATA_LAYER_TYPES or is_python_data:
                 if not lp.top:
                     continue
-                shape = self.options.input_shapes.get(lp.top[0]) or _data_layer_shape(lp)
+                shape = self.options.input_shapes.get(lp.top[0])
+                how = "--input-shape"
+                if shape is None:
+                    shape, how = _data_layer_shape(lp)
                 declared.append((lp.top[0], shape, line))
-                why = "" if shape else " (its shape is unknown)"
-                for top in lp.top[1:]:
+                # Later tops are labels, unless --input-shape names them (e.g. a second image).
+                extra = [top for top in lp.top[1:] if top in self.options.input_shapes]
+                for top in extra:
+                    declared.append((top, self.options.input_shapes[top], line))
+                labels = [top for top in lp.top[1:] if top not in self.options.input_shapes]
+                for top in labels:
                     dropped[top] = lp.name
+                why = f" (shape {list(shape)} {how})" if shape else " (its shape is unknown)"
                 self.note(
-                    f"replaced data layer '{lp.name}' ({_type_label(lp)}) by net input '{lp.top[0]}'{why}"
-                    + (f"; dropped its top(s) {', '.join(lp.top[1:])}" if len(lp.top) > 1 else "")
+                    f"replaced data layer '{lp.name}' ({_type_label(lp)}) by net input(s) "
+                    f"{', '.join([lp.top[0], *extra])}{why}"
+                    + (f"; dropped its top(s) {', '.join(labels)}" if labels else "")
                 )
                 continue
             if is_dropped_type(lp.type):
@@ -673,8 +709,9 @@ class _Builder:
         head = f"{self.where(entry.line)}: layer '{layer.name}' ({layer.type}) reads blob '{bottom}'"
         if bottom in dropped:
             return (
-                f"{head}, which only the dropped layer '{dropped[bottom]}' produces; cut the net before "
-                "it with --outputs, or give a deploy prototxt"
+                f"{head}, which only the dropped layer '{dropped[bottom]}' produces; if it is an "
+                f"image input, give its shape (--input-shape {bottom}=N,C,H,W); otherwise cut the "
+                "net before this layer with --outputs, or give a deploy prototxt"
             )
         if bottom in layer.tops:
             return (

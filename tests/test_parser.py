@@ -314,3 +314,54 @@ def test_shared_parameter_named_like_a_blob_gets_its_own_initializer_name(tmp_pa
     initializers = sorted(init.name for init in run.model.graph.initializer)
     assert initializers == ["param:b", "w"], "the bias parameter 'b' must not shadow the input blob 'b'"
     np.testing.assert_allclose(run.onnx["fb"], run.torch["fb"], rtol=1e-5, atol=1e-5)
+
+
+DATA_LAYERS = {
+    "data_crop_size": (
+        'layer { name: "d" type: "Data" top: "data" top: "label" transform_param { crop_size: 9 mean_value: 104 '
+        'mean_value: 117 mean_value: 123 } data_param { source: "x" batch_size: 64 } }',
+        (1, 3, 9, 9),
+    ),
+    "memory_data": (
+        'layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+        "memory_data_param { batch_size: 2 channels: 3 height: 8 width: 10 } }",
+        (2, 3, 8, 10),
+    ),
+    "dense_image_data_grey": (
+        'layer { name: "d" type: "DenseImageData" top: "data" top: "label" '
+        'dense_image_data_param { source: "x" batch_size: 4 new_height: 12 new_width: 16 is_color: false } }',
+        (1, 1, 12, 16),
+    ),
+    "image_data_crop_h_w": (
+        'layer { name: "d" type: "ImageData" top: "data" top: "label" transform_param { crop_h: 7 crop_w: 11 } '
+        'image_data_param { source: "x" } }',
+        (1, 3, 7, 11),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_LAYERS, ids=list(DATA_LAYERS))
+def test_data_layer_replaced_by_an_input_of_the_shape_it_declares(tmp_path, case):
+    data_layer, shape = DATA_LAYERS[case]
+    text = (
+        data_layer
+        + """
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv" bottom: "label" top: "loss" }
+    """
+    )
+    net = caffe2onnx.load_net(write(tmp_path, text), random_weights=0)
+    assert net.inputs == (("data", shape),)
+    assert any("replaced data layer 'd'" in note and "dropped its top(s) label" in note for note in net.notes)
+
+
+def test_second_image_top_of_a_data_layer_becomes_an_input_when_its_shape_is_given(tmp_path):
+    text = """
+    layer { name: "d" type: "Python" top: "color" top: "hha" top: "label" python_param { module: "nyud" layer: "L" } }
+    layer { name: "sum" type: "Eltwise" bottom: "color" bottom: "hha" top: "sum" }
+    """
+    path = write(tmp_path, text)
+    with pytest.raises(Caffe2OnnxError, match=r"--input-shape hha=N,C,H,W"):
+        caffe2onnx.load_net(path, input_shapes={"color": (1, 3, 4, 4)})
+    net = caffe2onnx.load_net(path, input_shapes={"color": (1, 3, 4, 4), "hha": (1, 3, 4, 4)})
+    assert net.input_names == ("color", "hha")
