@@ -68,6 +68,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _layer_type(text: str) -> tuple[str, str]:
+    name, sep, layer_type = text.rpartition("=")
+    if not sep or not name or not layer_type:
+        raise argparse.ArgumentTypeError(
+            f"expected LAYER=TYPE (e.g. layer12-maxpool=DarknetPooling), got {text!r}"
+        )
+    return name, layer_type
+
+
 def _outputs(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -91,6 +100,14 @@ def _add_net_arguments(parser: argparse.ArgumentParser, weights: bool = True) ->
         default=[],
         metavar="MODULE.CLASS=TYPE",
         help="convert a Python layer with the handler of TYPE (repeatable)",
+    )
+    parser.add_argument(
+        "--layer-type",
+        type=_layer_type,
+        action="append",
+        default=[],
+        metavar="LAYER=TYPE",
+        help="convert the named layer with the handler of TYPE, e.g. layer12-maxpool=DarknetPooling (repeatable)",
     )
     parser.add_argument(
         "--plugin",
@@ -226,6 +243,7 @@ def _load_options(args: argparse.Namespace) -> dict:
     options = {
         "input_shapes": dict(args.input_shape),
         "python_layers": dict(args.python_layer),
+        "layer_types": dict(args.layer_type),
     }
     if getattr(args, "random_weights", None) is not None:
         options["random_weights"] = args.random_weights

@@ -10,7 +10,8 @@ that share a parameter (``param { name: ... }``) get the same values, as Caffe s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +46,13 @@ def make_weights(
     output: str | os.PathLike[str],
     *,
     seed: int = 0,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    python_layers: Mapping[str, str] | None = None,
     layout: str = "V2",
+    **load_options: Any,
 ) -> Net:
-    """Write a caffemodel with seeded random weights for ``prototxt``; return the net."""
-    net = load_net(prototxt, input_shapes=input_shapes, python_layers=python_layers, require_weights=False)
+    """Write a caffemodel with seeded random weights for ``prototxt``; return the net.
+
+    ``load_options`` are those of :func:`caffe2onnx.load_net` (``input_shapes``,
+    ``python_layers``, ``layer_types``, ``outputs``: only the layers kept get weights)."""
+    net = load_net(prototxt, require_weights=False, **load_options)
     write_caffemodel(output, net_random_blobs(net, seed), net.name, layout=layout)
     return net

@@ -43,6 +43,7 @@ from caffe2onnx.errors import (
     LayerError,
     NetDefinitionError,
     RandomFillerError,
+    ShapeError,
     UnsupportedLayersError,
 )
 from caffe2onnx.ir import BlobSpec, Layer, Net, Shape
@@ -93,6 +94,7 @@ class LoadOptions:
     input_shapes: Mapping[str, Shape] = field(default_factory=dict)
     random_weights: int | None = None
     python_layers: Mapping[str, str] = field(default_factory=dict)
+    layer_types: Mapping[str, str] = field(default_factory=dict)
     outputs: Sequence[str] | None = None
     registry: Registry | None = None
     require_weights: bool = True
@@ -139,13 +141,15 @@ def load_net(
     outputs: Sequence[str] | None = None,
     registry: Registry | None = None,
     require_weights: bool = True,
+    layer_types: Mapping[str, str] | None = None,
 ) -> Net:
     """Parse a Caffe net (prototxt + optional caffemodel) into the IR.
 
     ``input_shapes`` gives or overrides input shapes (``{"data": (1, 3, 224, 224)}``);
     ``random_weights`` is a seed for layers that have no weights; ``python_layers`` maps
     ``"module.Class"`` of Python layers to a handler type; ``outputs`` selects the
-    graph outputs (Caffe blob names). ``require_weights=False`` builds the structure
+    graph outputs (Caffe blob names); ``layer_types`` re-types layers by name
+    (``{"layer12-maxpool": "DarknetPooling"}``). ``require_weights=False`` builds the structure
     only (for ``inspect``). ``registry`` holds the handlers (default: the built-in ones
     plus the plugins loaded with :func:`caffe2onnx.plugins.load_plugins`). Raises the
     first problem found as a :class:`Caffe2OnnxError`.
@@ -155,7 +159,9 @@ def load_net(
     model = caffemodel
     if caffemodel is not None and not isinstance(caffemodel, CaffeModel):
         model = read_caffemodel(caffemodel)
-    options = _options(input_shapes, random_weights, python_layers, outputs, registry, require_weights)
+    options = _options(
+        input_shapes, random_weights, python_layers, outputs, registry, require_weights, layer_types
+    )
     return build_net(net_param, source, model, options, lines=layer_lines(text))
 
 
@@ -167,6 +173,7 @@ def analyze_net(
     python_layers: Mapping[str, str] | None = None,
     outputs: Sequence[str] | None = None,
     registry: Registry | None = None,
+    layer_types: Mapping[str, str] | None = None,
     **_ignored: object,
 ) -> Analysis:
     """Build as much of the net as possible and collect *every* problem (never raises a
@@ -185,7 +192,7 @@ def analyze_net(
         except Caffe2OnnxError as exc:
             problems.append(exc)
             model = None
-    options = _options(input_shapes, None, python_layers, outputs, registry, False)
+    options = _options(input_shapes, None, python_layers, outputs, registry, False, layer_types)
     analysis = analyze_net_param(net_param, source, model, options, lines=layer_lines(text))
     analysis.problems[:0] = problems
     return analysis
@@ -222,11 +229,14 @@ def build_net(
     return net
 
 
-def _options(input_shapes, random_weights, python_layers, outputs, registry, require_weights) -> LoadOptions:
+def _options(
+    input_shapes, random_weights, python_layers, outputs, registry, require_weights, layer_types=None
+) -> LoadOptions:
     return LoadOptions(
         input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()},
         random_weights=random_weights,
         python_layers=dict(python_layers or {}),
+        layer_types=dict(layer_types or {}),
         outputs=outputs,
         registry=registry,
         require_weights=require_weights,
@@ -304,6 +314,30 @@ def _data_layer_shape(lp: caffe_pb2.LayerParameter) -> tuple[Shape | None, str]:
     return (1, channels, *size), f"{source}, batch 1, {channels} channel(s) assumed"
 
 
+def _with_darknet_pooling_hint(exc: ShapeError, layers: Sequence[Layer]) -> ShapeError:
+    """YOLO ports whose sizes stop matching at a route (Concat) often have a darknet
+    ``maxpool stride=1`` that stock Caffe shrinks by one: say how to keep darknet's rule."""
+    suspects = [
+        layer.name
+        for layer in layers
+        if layer.type == "Pooling"
+        and getattr(layer.params, "method", None) == 0
+        and getattr(layer.params, "kernel", None) is not None
+        and layer.params.stride == (1, 1)
+        and layer.params.kernel[0] % 2 == 0
+        and not any(layer.params.pad)
+    ]
+    if not suspects:
+        return exc
+    exc.detail += (
+        f"\n  hint: {', '.join(suspects)} is a stride-1 MAX pooling with an even kernel, which darknet "
+        "pads to keep the size but stock Caffe shrinks by one; if this net was converted from darknet, "
+        f"add --layer-type {suspects[0]}=DarknetPooling"
+    )
+    exc.args = (exc._text(), *exc.args[1:])
+    return exc
+
+
 def _python_key(lp: caffe_pb2.LayerParameter) -> str:
     return f"{lp.python_param.module}.{lp.python_param.layer}"
 
@@ -365,6 +399,13 @@ class _Builder:
         needed_ids, needed_blobs = self._needed(kept)
         inputs, kept, dropped = self._resolve_inputs(spec, kept, needed_blobs)
         a.inputs = inputs
+        unknown_names = set(self.options.layer_types) - {lp.name for lp in spec.layers}
+        if unknown_names:
+            self.report(
+                NetDefinitionError(
+                    f"{self.source}: --layer-type names no layer of this net: {', '.join(sorted(unknown_names))}"
+                )
+            )
         flagged = [
             (self._map_python_layer(lp), line, needed_ids is None or id(lp) in needed_ids)
             for lp, line in kept
@@ -568,11 +609,16 @@ class _Builder:
         return inputs, remaining, dropped
 
     def _map_python_layer(self, lp: caffe_pb2.LayerParameter) -> caffe_pb2.LayerParameter:
-        if lp.type != "Python" or _python_key(lp) not in self.python_map:
+        """Apply ``layer_types`` (by layer name) and the Python layer mapping (by class)."""
+        if lp.name in self.options.layer_types:
+            new_type = self.options.layer_types[lp.name]
+        elif lp.type == "Python" and _python_key(lp) in self.python_map:
+            new_type = self.python_map[_python_key(lp)]
+        else:
             return lp
         mapped = caffe_pb2.LayerParameter()
         mapped.CopyFrom(lp)
-        mapped.type = self.python_map[_python_key(lp)]
+        mapped.type = new_type
         return mapped
 
     def _check_supported(self, layers: list[tuple[caffe_pb2.LayerParameter, int | None]]) -> set[int]:
@@ -776,6 +822,8 @@ class _Builder:
                         f"of {MAX_TOTAL_ELEMENTS}; check num_output and the kernel sizes",
                     )
             except Caffe2OnnxError as exc:
+                if isinstance(exc, ShapeError) and layer.type in ("Concat", "Eltwise"):
+                    exc = _with_darknet_pooling_hint(exc, [e.layer for e in entries])
                 self.report(exc, entry.line)
                 entry.ok = False
                 entry.layer = layer

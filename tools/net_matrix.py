@@ -40,16 +40,6 @@ def verdict(report) -> str:
 def row(key: str, opencv: bool) -> list[str]:
     spec = NETS[key]
     start = time.perf_counter()
-    if spec.fails is not None:
-        error, _, why = spec.fails
-        return [
-            key,
-            sizes_of(spec),
-            f"no: {error.__name__}: {why}",
-            "",
-            "",
-            f"{time.perf_counter() - start:.0f}",
-        ]
     try:
         with tempfile.TemporaryDirectory(prefix="net-matrix-") as tmp:
             result: NetResult = run_decoder_net(key, Path(tmp), opencv=opencv)

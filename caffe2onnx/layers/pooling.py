@@ -32,7 +32,7 @@ to the input plane.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,6 +54,7 @@ class PoolParams:
     stride: tuple[int, int]
     pad: tuple[int, int]
     ceil: bool
+    darknet: bool = False  # darknet's size rule (DarknetPooling), see DarknetPooling
 
     @property
     def is_global(self) -> bool:
@@ -134,13 +135,18 @@ def pool_geometry(layer: Layer, shape: Shape) -> PoolGeometry:
         raise shape_error(layer, f"pooling needs a 4-D input, got shape {list(shape)}")
     size = tuple(shape[2:])
     kernel = size if params.is_global else params.kernel
-    out, extra, empty = [], [], []
+    out, extra, empty, pads = [], [], [], []
     for axis in range(2):
         h, k, s, p = size[axis], kernel[axis], params.stride[axis], params.pad[axis]
-        span = h + 2 * p - k
-        n = (-(-span // s) if params.ceil else span // s) + 1
-        if any(params.pad) and (n - 1) * s >= h + p:
-            n -= 1
+        if params.darknet:
+            # darknet: padding k-1 in all, (k-1)//2 of it before: n = (h - 1) // s + 1
+            p = (k - 1) // 2
+            n = (h - 1) // s + 1
+        else:
+            span = h + 2 * p - k
+            n = (-(-span // s) if params.ceil else span // s) + 1
+            if any(params.pad) and (n - 1) * s >= h + p:
+                n -= 1
         if n <= 0:
             raise shape_error(
                 layer, f"output size {n} (input {h}, kernel {k}, stride {s}, pad {p}); the input is too small"
@@ -158,7 +164,8 @@ def pool_geometry(layer: Layer, shape: Shape) -> PoolGeometry:
         out.append(n)
         empty.append(tail)
         extra.append(max(0, (n - tail - 1) * s + k - (h + 2 * p)))
-    return PoolGeometry(tuple(kernel), params.stride, params.pad, tuple(out), tuple(extra), tuple(empty))
+        pads.append(p)
+    return PoolGeometry(tuple(kernel), params.stride, tuple(pads), tuple(out), tuple(extra), tuple(empty))
 
 
 class Pooling(Handler):
@@ -267,4 +274,21 @@ class Pooling(Handler):
         return [y] if mask is None else [y, mask]
 
 
-HANDLERS = [Pooling()]
+class DarknetPooling(Pooling):
+    """MAX pooling with darknet's size rule, for YOLO ports whose Caffe fork patched the
+    Pooling layer (YOLOv3-tiny's ``maxpool size=2 stride=1`` keeps 13x13 where stock Caffe
+    gives 12x12): ``n = (H - 1) // s + 1``, the window starting ``(k - 1) // 2`` before each
+    output position, cells outside the input never winning. Nothing in a prototxt says
+    which rule a Pooling layer follows, so select it per layer:
+    ``--layer-type layer12-maxpool=DarknetPooling``."""
+
+    types = ("DarknetPooling",)
+
+    def parse(self, lp) -> PoolParams:
+        params = super().parse(lp)
+        if params.method != MAX or params.is_global or any(params.pad):
+            raise layer_error(lp, "DarknetPooling is darknet's MAX pooling: pool MAX, a kernel, no pad")
+        return replace(params, darknet=True)
+
+
+HANDLERS = [Pooling(), DarknetPooling()]

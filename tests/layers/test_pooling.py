@@ -493,3 +493,41 @@ def test_non_4d_input_is_refused(tmp_path):
     )
     with pytest.raises(ShapeError, match=r"'bad_pool'.*4-D input"):
         load_net(write(tmp_path, text))
+
+
+def _darknet_maxpool(x: np.ndarray, k: int, s: int) -> np.ndarray:
+    """darknet's maxpool_layer forward (padding k-1, offset -(k-1)//2), written from its rule."""
+    n, c, h, w = x.shape
+    oh, ow = (h - 1) // s + 1, (w - 1) // s + 1
+    off = (k - 1) // 2
+    out = np.full((n, c, oh, ow), -np.inf, np.float32)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * s - off, j * s - off
+            window = x[:, :, max(r0, 0) : min(r0 + k, h), max(c0, 0) : min(c0 + k, w)]
+            out[:, :, i, j] = window.max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize(("k", "s", "size"), [(2, 1, 13), (2, 2, 26), (3, 1, 7), (3, 2, 9), (2, 2, 7)])
+def test_darknet_pooling_keeps_darknet_sizes(tmp_path, k, s, size):
+    text = net_text(
+        f"""
+        layer {{ name: "pool" type: "DarknetPooling" bottom: "data" top: "pool"
+          pooling_param {{ pool: MAX kernel_size: {k} stride: {s} }} }}
+        """,
+        {"data": (1, 3, size, size)},
+    )
+    run = run_net(tmp_path, text, make_caffemodel=False)
+    expected = _darknet_maxpool(run.inputs["data"], k, s)
+    assert_close(run.onnx["pool"], expected, what="onnxruntime")
+    assert_close(run.torch["pool"], expected, what="torch reference")
+
+
+def test_darknet_pooling_refuses_what_darknet_has_not(tmp_path):
+    text = net_text(
+        'layer { name: "pool" type: "DarknetPooling" bottom: "data" top: "pool" pooling_param { pool: AVE kernel_size: 2 } }',
+        {"data": (1, 1, 4, 4)},
+    )
+    with pytest.raises(LayerError, match="darknet's MAX pooling"):
+        load_net(write(tmp_path, text))
