@@ -67,6 +67,7 @@ class Settings:
 
     input_shapes: dict[str, tuple[int, ...]] | None = None
     python_layers: dict[str, str] | None = None
+    layer_types: dict[str, str] | None = None
     outputs: tuple[str, ...] | None = None
     #: why these sizes (shown in the matrix)
     note: str = ""
@@ -80,6 +81,15 @@ class Settings:
     opencv_note: str = ""
     #: 0: every blob (compare_net); N: outputs + every N-th layer (memory-bounded loop)
     sample_every: int = 0
+
+    def load_options(self, shapes: Mapping[str, Sequence[int]]) -> dict:
+        """Keyword arguments for load_net / make_weights."""
+        return dict(
+            input_shapes=shapes,
+            python_layers=self.python_layers,
+            layer_types=self.layer_types,
+            outputs=self.outputs,
+        )
 
 
 FCN_SMALL = "fully convolutional, reduced (real 500x500)"
@@ -130,6 +140,10 @@ SETTINGS: dict[str, Settings] = {
         {"data": (1, 3, 128, 256)},
         python_layers={"spatial_dropout.SpatialDropoutLayer": "Dropout"},
         note="reduced (real 512x1024, same aspect)",
+    ),
+    "yolov3_tiny.deploy.prototxt": Settings(
+        layer_types={"layer12-maxpool": "DarknetPooling"},
+        note="layer12-maxpool keeps darknet's size rule (the port's Caffe fork)",
     ),
     # --- detection nets: decoding layers without an ONNX form are cut off
     "yolov2_darknet19_eric612.deploy.prototxt": Settings(
@@ -246,13 +260,7 @@ def _final_shapes(path: Path, s: Settings) -> dict[str, tuple[int, ...]]:
     from caffe2onnx.parser import load_net
 
     shapes = dict(s.input_shapes or {})
-    probe = load_net(
-        path,
-        input_shapes=shapes,
-        python_layers=s.python_layers,
-        outputs=s.outputs,
-        require_weights=False,
-    )
+    probe = load_net(path, require_weights=False, **s.load_options(shapes))
     for name, shape in probe.inputs:
         if name not in shapes and shape and shape[0] > MAX_BATCH:
             shapes[name] = (MAX_BATCH, *shape[1:])
@@ -262,18 +270,7 @@ def _final_shapes(path: Path, s: Settings) -> dict[str, tuple[int, ...]]:
 def _write_weights(path: Path, caffemodel: Path, shapes: Mapping[str, Sequence[int]], s: Settings) -> None:
     from caffe2onnx.make_weights import make_weights
 
-    if s.outputs is None:
-        make_weights(path, caffemodel, seed=SEED_WEIGHTS, input_shapes=shapes, python_layers=s.python_layers)
-        return
-    # make_weights has no ``outputs``: the same blobs for the cut net
-    from caffe2onnx.caffemodel import write_caffemodel
-    from caffe2onnx.make_weights import net_random_blobs
-    from caffe2onnx.parser import load_net
-
-    net = load_net(
-        path, input_shapes=shapes, python_layers=s.python_layers, outputs=s.outputs, require_weights=False
-    )
-    write_caffemodel(caffemodel, net_random_blobs(net, SEED_WEIGHTS), net.name)
+    make_weights(path, caffemodel, seed=SEED_WEIGHTS, **s.load_options(shapes))
 
 
 def _feed(net, s: Settings) -> dict[str, np.ndarray]:
@@ -602,9 +599,7 @@ def run_file(
             enter("make-weights")
             _write_weights(path, caffemodel, shapes, s)
             enter("load")
-            net = load_net(
-                path, caffemodel, input_shapes=shapes, python_layers=s.python_layers, outputs=s.outputs
-            )
+            net = load_net(path, caffemodel, **s.load_options(shapes))
             row.layers = len(net.layers)
             row.inputs = ", ".join(f"{n}={_fmt_shape(shape)}" for n, shape in net.inputs)
             enter("convert")
