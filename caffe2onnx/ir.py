@@ -68,7 +68,8 @@ class Layer:
     weight_names: tuple[str, ...] = ()
     param_names: tuple[str, ...] = ()
     weights_from: str = "none"  # "caffemodel", "filler", "random", "none"
-    caffe_name: str = ""  # the name in the prototxt, when ``name`` had to be made unique
+    caffe_name: str = ""
+    frozen: bool = False  # every ``param`` has lr_mult 0: training never changed its blobs  # the name in the prototxt, when ``name`` had to be made unique
 
     def with_(self, **changes: Any) -> Layer:
         return replace(self, **changes)

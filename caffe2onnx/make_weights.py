@@ -34,7 +34,7 @@ def net_random_blobs(
         if not specs:
             continue
         name = layer.caffe_name or layer.name
-        blobs = fill_or_fail(layer, random_blobs, name, specs, seed)
+        blobs = fill_or_fail(layer, random_blobs, name, specs, seed, layer.frozen)
         for i, param in enumerate(layer.param_names[: len(blobs)]):
             if param:
                 blobs[i] = shared.setdefault(param, blobs[i])

@@ -973,6 +973,7 @@ def _opaque_layer(lp: caffe_pb2.LayerParameter) -> Layer:
         caffe_bottoms=tuple(lp.bottom),
         caffe_tops=tuple(lp.top),
         param_names=tuple(p.name for p in lp.param),
+        frozen=bool(lp.param) and all(p.lr_mult == 0 for p in lp.param),
     )
 
 

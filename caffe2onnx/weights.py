@@ -88,12 +88,20 @@ def random_blob(spec: BlobSpec, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"unknown init kind {init!r}")
 
 
-def random_blobs(layer_name: str, specs: Sequence[BlobSpec], seed: int) -> list[np.ndarray]:
-    """Seeded random blobs for one layer; independent of the other layers' order."""
+def random_blobs(
+    layer_name: str, specs: Sequence[BlobSpec], seed: int, frozen: bool = False
+) -> list[np.ndarray]:
+    """Seeded random blobs for one layer; independent of the other layers' order.
+
+    A bilinear filler is always used (FCN's fixed upsampling); in a ``frozen`` layer
+    (lr_mult 0) every deterministic filler is, since training never changed those blobs."""
     rng = np.random.default_rng([seed, zlib.crc32(layer_name.encode())])
     blobs = []
     for spec in specs:
-        if spec.filler is not None and spec.filler.type == "bilinear":
+        fixed = spec.filler is not None and (
+            spec.filler.type == "bilinear" or (frozen and spec.filler.deterministic)
+        )
+        if fixed:
             blobs.append(fill(spec.filler, spec.shape))
         else:
             blobs.append(random_blob(spec, rng))
@@ -207,7 +215,7 @@ def attach_weights(
             blobs = fill_or_fail(layer, _deterministic_fill, specs)
             origin = "filler" if blobs is not None else origin
         if blobs is None and random_seed is not None:
-            blobs = fill_or_fail(layer, random_blobs, source_name, specs, random_seed)
+            blobs = fill_or_fail(layer, random_blobs, source_name, specs, random_seed, layer.frozen)
             origin = "random"
         if blobs is None:
             filler = specs[0].filler.type if specs[0].filler else "none given"

@@ -365,3 +365,24 @@ def test_second_image_top_of_a_data_layer_becomes_an_input_when_its_shape_is_giv
         caffe2onnx.load_net(path, input_shapes={"color": (1, 3, 4, 4)})
     net = caffe2onnx.load_net(path, input_shapes={"color": (1, 3, 4, 4), "hha": (1, 3, 4, 4)})
     assert net.input_names == ("color", "hha")
+
+
+def test_make_weights_keeps_the_fillers_of_frozen_layers(tmp_path):
+    """A layer with lr_mult 0 keeps its filler values in a trained snapshot; make-weights too."""
+    from caffe2onnx.make_weights import make_weights
+
+    text = (
+        INPUT_STYLES["input_dim"]
+        + """
+    layer { name: "sum" type: "Convolution" bottom: "data" top: "sum" param { lr_mult: 0 }
+      convolution_param { num_output: 1 kernel_size: 1 bias_term: false weight_filler { type: "constant" value: 1 } } }
+    layer { name: "learned" type: "Convolution" bottom: "data" top: "learned"
+      convolution_param { num_output: 1 kernel_size: 1 bias_term: false weight_filler { type: "constant" value: 1 } } }
+    """
+    )
+    path = write(tmp_path, text)
+    net = make_weights(path, tmp_path / "w.caffemodel", seed=0)
+    loaded = caffe2onnx.load_net(path, tmp_path / "w.caffemodel")
+    np.testing.assert_array_equal(loaded.layer("sum").weights[0], np.ones((1, 3, 1, 1), np.float32))
+    assert not np.allclose(loaded.layer("learned").weights[0], 1.0), "learned layers get random weights"
+    assert net.layer("sum").frozen and not net.layer("learned").frozen
