@@ -68,6 +68,27 @@ class BlobComparison:
     depth: int = 0
     output: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        layer: Layer,
+        top: str,
+        ours: np.ndarray,
+        ref: np.ndarray,
+        *,
+        rtol: float,
+        atol: float,
+        reference: str = "pytorch",
+        depth: int = 0,
+        output: bool = False,
+    ) -> BlobComparison:
+        """Compare one blob (``ours`` against the reference ``ref``) of ``layer``."""
+        max_abs, max_rel, passed = compare_arrays(ours, ref, rtol, atol)
+        return cls(
+            top, layer.name, layer.type, tuple(np.shape(ref)), max_abs, max_rel, passed,
+            cosine_similarity(ours, ref), reference, top, depth, output,
+        )  # fmt: skip
+
     def worst(self, other: BlobComparison) -> BlobComparison:
         """Combine the comparisons of two seeds: the larger errors, the lower cosine."""
         return replace(
@@ -659,6 +680,33 @@ def argmax_near_ties(
     return count, gap / scale if scale else gap
 
 
+def _follow_ties(
+    layer: Layer,
+    values: dict,
+    onnx_values: Mapping[str, np.ndarray],
+    rtol: float,
+    atol: float,
+    notes: dict[str, None],
+) -> None:
+    """If ``layer`` is a MAX Pooling whose mask top differs from onnxruntime's only at
+    near-ties, put onnxruntime's mask into ``values`` (torch tensors) and add a note."""
+    import torch
+
+    if layer.type != "Pooling" or len(layer.tops) != 2 or layer.tops[1] not in onnx_values:
+        return
+    ours = np.asarray(onnx_values[layer.tops[1]])
+    ref = values[layer.tops[1]].detach().numpy()
+    if ours.shape != ref.shape:
+        return
+    ties = argmax_near_ties(values[layer.bottoms[0]].detach().numpy(), ours, ref, rtol, atol)
+    if ties is not None and ties[0]:
+        notes[
+            f"layer '{layer.name}': {ties[0]} argmax near-tie(s) (picked inputs {ties[1]:.2g} "
+            "apart, relative) resolved differently; the reference follows onnxruntime's choice"
+        ] = None
+        values[layer.tops[1]] = torch.from_numpy(np.array(ours, dtype=np.float32))
+
+
 def _torch_runner(net: Net, counter: _Progress, rtol: float, atol: float, notes: dict[str, None]):
     """The PyTorch reference. Where a MAX Pooling mask differs from onnxruntime's only at
     near-ties (two window values equal within the tolerance, which float rounding may
@@ -672,19 +720,7 @@ def _torch_runner(net: Net, counter: _Progress, rtol: float, atol: float, notes:
 
     def run(feed: Mapping[str, np.ndarray], onnx_values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         def follow_ties(layer: Layer, values: dict[str, torch.Tensor]) -> None:
-            if layer.type != "Pooling" or len(layer.tops) != 2 or layer.tops[1] not in onnx_values:
-                return
-            ours = np.asarray(onnx_values[layer.tops[1]])
-            ref = values[layer.tops[1]].detach().numpy()
-            if ours.shape != ref.shape:
-                return
-            ties = argmax_near_ties(values[layer.bottoms[0]].detach().numpy(), ours, ref, rtol, atol)
-            if ties is not None and ties[0]:
-                notes[
-                    f"layer '{layer.name}': {ties[0]} argmax near-tie(s) (picked inputs {ties[1]:.2g} "
-                    "apart, relative) resolved differently; the reference follows onnxruntime's choice"
-                ] = None
-                values[layer.tops[1]] = torch.from_numpy(np.array(ours, dtype=np.float32))
+            _follow_ties(layer, values, onnx_values, rtol, atol, notes)
 
         with torch.no_grad():
             values = module.run(
@@ -693,6 +729,63 @@ def _torch_runner(net: Net, counter: _Progress, rtol: float, atol: float, notes:
         return {k: v.detach().numpy() for k, v in values.items()}
 
     return run
+
+
+def _shared_tensor(array: np.ndarray):
+    """A torch tensor sharing a (possibly read-only, memory-mapped) weight array: no copy
+    of VGG's 400 MB fc6. The reference never writes to it."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.require(array, np.float32, "C"))
+
+
+def compare_layerwise(
+    net: Net,
+    feed: Mapping[str, np.ndarray],
+    onnx_values: Mapping[str, np.ndarray],
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> ValidationReport:
+    """The PyTorch reference layer by layer, in bounded memory, against the given ONNX blobs.
+
+    For nets too large to hold every blob at once (PSPNet-101 at 713x713): each tensor is
+    freed after its last reader, and only the blobs in ``onnx_values`` (keyed by IR name;
+    e.g. a sample of layers plus the outputs) are compared. Argmax near-ties of MAX
+    Pooling masks are followed as in :func:`compare_feeds`.
+    """
+    import torch
+
+    from caffe2onnx.layers.registry import default_registry
+
+    registry = default_registry()
+    last_use = {b: i for i, layer in enumerate(net.layers) for b in layer.bottoms}
+    keep = set(net.outputs)
+    values = {n: torch.from_numpy(np.asarray(feed[n], np.float32)) for n in net.input_names}
+    rows: list[BlobComparison] = []
+    notes: dict[str, None] = {}
+    with torch.no_grad():
+        for depth, layer in enumerate(net.layers, start=1):
+            weights = [_shared_tensor(w) for w in layer.weights]
+            outs = registry.get(layer.type).to_torch(layer, [values[b] for b in layer.bottoms], weights)
+            values.update(zip(layer.tops, outs))
+            _follow_ties(layer, values, onnx_values, rtol, atol, notes)
+            for top in layer.tops:
+                if top in onnx_values:
+                    ours, ref = np.asarray(onnx_values[top]), values[top].numpy()
+                    rows.append(
+                        BlobComparison.of(
+                            layer, top, ours, ref, rtol=rtol, atol=atol, depth=depth, output=top in keep
+                        )
+                    )
+            for blob in {*layer.bottoms, *layer.tops}:
+                if last_use.get(blob, -1) <= depth - 1 and blob not in keep:
+                    values.pop(blob, None)
+    return ValidationReport(rows=rows, rtol=rtol, atol=atol, notes=list(notes))
 
 
 def compare_net(

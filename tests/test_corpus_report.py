@@ -79,8 +79,7 @@ def test_markdown_row_and_summary():
     assert "not run: x \\| y" in table[2]
     assert table[3].endswith("| - | bad | 2 |")
     assert report.summary(rows) == (
-        "3 files: 1 convert, 1 validate, 0 convert but do not validate (0 of them pass when argmax "
-        "near-ties are followed), 1 fail with a clear message, "
+        "3 files: 1 convert, 1 validate, 0 convert but do not validate, 1 fail with a clear message, "
         "1 fail unclearly (bugs), 0 time out"
     )
 
@@ -103,17 +102,6 @@ def test_subprocess_driver_returns_the_row_and_survives_a_timeout():
     assert row.finished and row.outcome == "clear" and row.unsupported == ["Accum"]
     slow = report.run_in_subprocess("lenet_mnist.deploy.prototxt", CORPUS, 0.2, opencv=False, threads=1)
     assert slow.outcome == "timeout" and slow.reason.startswith("timeout after 0 s during")
-
-
-def test_argmax_near_ties_accepts_ties_and_rejects_wrong_indices():
-    x = np.zeros((1, 2, 2, 2), np.float32)
-    x[0, 0] = [[1.0, 1.0 + 1e-7], [0.0, 0.0]]
-    x[0, 1] = [[0.0, 0.5], [2.0, 0.0]]
-    ref = np.array([[[[1.0]], [[2.0]]]], np.float32)  # argmax of each 2x2 plane
-    tie = np.array([[[[0.0]], [[2.0]]]], np.float32)  # plane 0 picks its near-equal neighbour
-    assert 0 < report._argmax_near_ties(x, tie, ref, 1e-4, 1e-6) < 1e-6
-    assert report._argmax_near_ties(x, np.array([[[[1.0]], [[1.0]]]], np.float32), ref, 1e-4, 1e-6) is None
-    assert report._argmax_near_ties(x, np.array([[[[4.0]], [[2.0]]]], np.float32), ref, 1e-4, 1e-6) is None
 
 
 def test_detections_drop_padding_and_sort_by_label_then_score():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe2onnx.errors import ShapeError
-from caffe2onnx.ir import Layer, Net
-from caffe2onnx.layers.registry import default_registry
+from caffe2onnx.ir import Net
 from caffe2onnx.make_weights import make_weights
 from caffe2onnx.onnx_export import DEFAULT_OPSET, to_onnx
 from caffe2onnx.parser import load_net
@@ -47,8 +45,7 @@ from caffe2onnx.validation import (
     BlobComparison,
     ValidationReport,
     argmax_near_ties,
-    compare_arrays,
-    cosine_similarity,
+    compare_layerwise,
     random_inputs,
     run_onnx,
 )
@@ -266,86 +263,10 @@ class NetResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _row(
-    layer: Layer,
-    top: str,
-    depth: int,
-    ours: np.ndarray,
-    ref: np.ndarray,
-    reference: str,
-    output: bool,
-    rtol: float,
-    atol: float,
-) -> BlobComparison:
-    """One blob compared as compare_net does (max abs within atol + rtol * max |ref|)."""
-    max_abs, max_rel, passed = compare_arrays(ours, ref, rtol, atol)
-    return BlobComparison(
-        tensor=top,
-        layer=layer.name,
-        layer_type=layer.type,
-        shape=tuple(ref.shape),
-        max_abs=max_abs,
-        max_rel=max_rel,
-        passed=passed,
-        cosine=cosine_similarity(ours, ref),
-        reference=reference,
-        onnx_name=top,
-        depth=depth,
-        output=output,
+def _row(layer, top, depth, ours, ref, reference, output, rtol, atol) -> BlobComparison:
+    return BlobComparison.of(
+        layer, top, ours, ref, rtol=rtol, atol=atol, reference=reference, depth=depth, output=output
     )
-
-
-def _tensor(array: np.ndarray):
-    """A torch view of a (read-only) weight array: no copy of VGG's 400 MB fc6."""
-    import torch
-
-    array = np.asarray(array, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
-
-
-def compare_with_torch(
-    net: Net,
-    feed: Mapping[str, np.ndarray],
-    onnx_values: Mapping[str, np.ndarray],
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-) -> ValidationReport:
-    """Run the PyTorch reference layer by layer; compare every blob onnxruntime returned."""
-    import torch
-
-    registry = default_registry()
-    last_use = {b: i for i, layer in enumerate(net.layers) for b in layer.bottoms}
-    keep = set(net.outputs)
-    values = {name: torch.from_numpy(np.asarray(feed[name], np.float32)) for name in net.input_names}
-    rows, notes = [], []
-    with torch.no_grad():
-        for depth, layer in enumerate(net.layers, start=1):
-            handler = registry.get(layer.type)
-            weights = [_tensor(w) for w in layer.weights]
-            outs = handler.to_torch(layer, [values[b] for b in layer.bottoms], weights)
-            values.update(zip(layer.tops, outs))
-            mask = layer.tops[1] if layer.type == "Pooling" and len(layer.tops) == 2 else None
-            for top in layer.tops:
-                if top not in onnx_values:
-                    continue
-                ours, ref = onnx_values[top], values[top].numpy()
-                if top == mask and ours.shape == ref.shape:
-                    x = values[layer.bottoms[0]].numpy()
-                    ties = argmax_near_ties(x, ours, ref, rtol, atol)
-                    if ties is not None and ties[0]:
-                        notes.append(
-                            f"{layer.name}: {ties[0]} argmax near-tie(s) (inputs {ties[1]:.2g} apart, "
-                            "relative) resolved differently; the reference continues with onnxruntime's"
-                        )
-                        values[top] = torch.from_numpy(np.array(ours, dtype=np.float32))
-                        ref = ours
-                rows.append(_row(layer, top, depth, ours, ref, "pytorch", top in keep, rtol, atol))
-            for b in set(layer.bottoms) | set(layer.tops):
-                if last_use.get(b, -1) <= depth - 1 and b not in keep:
-                    values.pop(b, None)
-    return ValidationReport(rows=rows, rtol=rtol, atol=atol, notes=notes)
 
 
 def compare_with_opencv(
@@ -393,7 +314,7 @@ def run_decoder_net(key: str, workdir: Path, *, opencv: bool = True, opset: int 
     tensors = spec.sample_blobs(net) if spec.sample_blobs else [t for layer in net.layers for t in layer.tops]
     onnx_values = run_onnx(model, feed, tensors)
     del model
-    torch_report = compare_with_torch(net, feed, onnx_values)
+    torch_report = compare_layerwise(net, feed, onnx_values)
     cv_report, cv_note = None, spec.no_opencv or "disabled"
     if opencv and spec.no_opencv is None:
         cv_prototxt = prototxt

@@ -226,9 +226,6 @@ class Row:
     error_type: str = ""
     seconds: float = 0.0
     needs_diagnosis: bool = False
-    #: compare_net failed at a Pooling mask: does the net pass when argmax near-ties are followed?
-    ties_only: bool | None = None
-    tie_aware_max_rel: float | None = None
     finished: bool = False
 
 
@@ -292,8 +289,6 @@ class TorchResult:
     notes: list[str]
     #: (layer, tensor) of the first failing blob
     first_failure_at: tuple[str, str] | None = None
-    #: mask elements that differed at argmax near-ties (followed)
-    ties: int = 0
 
 
 def _describe(row) -> str:
@@ -303,14 +298,7 @@ def _describe(row) -> str:
     )
 
 
-def _is_pooling_mask(net, at: tuple[str, str] | None) -> bool:
-    if at is None:
-        return False
-    layer = next((x for x in net.layers if x.name == at[0]), None)
-    return layer is not None and layer.type == "Pooling" and len(layer.tops) == 2 and at[1] == layer.tops[1]
-
-
-def _torch_result(rows, notes: Sequence[str], ties: int = 0) -> TorchResult:
+def _torch_result(rows, notes: Sequence[str]) -> TorchResult:
     failing = next((r for r in rows if not r.passed), None)
     worst = sorted(rows, key=lambda r: -r.max_rel)  # inf first
     return TorchResult(
@@ -331,92 +319,18 @@ def _torch_result(rows, notes: Sequence[str], ties: int = 0) -> TorchResult:
         ],
         notes=list(notes),
         first_failure_at=None if failing is None else (failing.layer, failing.tensor),
-        ties=ties,
     )
 
 
-def _argmax_near_ties(
-    x: np.ndarray, ours: np.ndarray, ref: np.ndarray, rtol: float, atol: float
-) -> float | None:
-    """Where two MAX Pooling masks differ: the largest gap between the two picked inputs
-    (relative to max |x|) if every difference is a near-tie within the tolerance, else None."""
-    differ = ours != ref
-    n, c = x.shape[:2]
-    planes = x.reshape(n * c, -1)
-    plane = np.broadcast_to(np.arange(n * c).reshape(n, c, *([1] * (ours.ndim - 2))), ours.shape)[differ]
-    picks = [m[differ] for m in (ours, ref)]
-    if any(((p < 0) | (p >= planes.shape[1]) | (p != np.round(p))).any() for p in picks):
-        return None
-    a, b = (planes[plane, p.astype(np.int64)] for p in picks)
-    gap, scale = float(np.abs(a - b).max()), float(np.abs(x).max())
-    return gap / (scale or 1.0) if gap <= atol + rtol * scale else None
-
-
-def _compare_lean(net, model, feed: Mapping[str, np.ndarray], every: int = 1) -> TorchResult:
-    """The torch reference layer by layer, freeing tensors after their last use; compares
-    the outputs and the tops of every ``every``-th layer. A MAX Pooling mask that differs
-    only at argmax near-ties (conv results differing in the last bits) is noted and the
-    reference continues with onnxruntime's mask, so later layers are still compared."""
-    import torch
-
-    from caffe2onnx.layers.registry import default_registry
-    from caffe2onnx.validation import (
-        DEFAULT_ATOL,
-        DEFAULT_RTOL,
-        BlobComparison,
-        compare_arrays,
-        cosine_similarity,
-        run_onnx,
-    )
+def _compare_sampled(net, model, feed: Mapping[str, np.ndarray], every: int) -> TorchResult:
+    """For nets too big to hold every blob: the outputs and the tops of every ``every``-th
+    layer, with the reference run layer by layer in bounded memory."""
+    from caffe2onnx.validation import compare_layerwise, run_onnx
 
     picked = [t for i, layer in enumerate(net.layers) if i % every == 0 for t in layer.tops]
     onnx_values = run_onnx(model, feed, list(dict.fromkeys([*picked, *net.outputs])))
-    registry = default_registry()
-    last_use = {b: i for i, layer in enumerate(net.layers) for b in layer.bottoms}
-    keep = set(net.outputs)
-    values = {n: torch.from_numpy(np.asarray(feed[n], np.float32)) for n in net.input_names}
-    rows, notes, ties = [], [], 0
-    with torch.no_grad():
-        for i, layer in enumerate(net.layers):
-            weights = [torch.from_numpy(np.array(w, dtype=np.float32)) for w in layer.weights]
-            outs = registry.get(layer.type).to_torch(layer, [values[b] for b in layer.bottoms], weights)
-            values.update(zip(layer.tops, outs))
-            mask = layer.tops[1] if layer.type == "Pooling" and len(layer.tops) == 2 else None
-            for top in layer.tops:
-                if top not in onnx_values:
-                    continue
-                ours, ref = onnx_values.pop(top), values[top].numpy()
-                if top == mask and ours.shape == ref.shape and (ours != ref).any():
-                    x = values[layer.bottoms[0]].numpy()
-                    gap = _argmax_near_ties(x, ours, ref, DEFAULT_RTOL, DEFAULT_ATOL)
-                    if gap is not None:
-                        ties += int((ours != ref).sum())
-                        notes.append(
-                            f"{layer.name}: {int((ours != ref).sum())} argmax near-tie(s) ({gap:.1g} apart)"
-                        )
-                        values[top] = torch.from_numpy(np.array(ours, dtype=np.float32))
-                        ref = ours
-                max_abs, max_rel, passed = compare_arrays(ours, ref, DEFAULT_RTOL, DEFAULT_ATOL)
-                rows.append(
-                    BlobComparison(
-                        tensor=top,
-                        layer=layer.name,
-                        layer_type=layer.type,
-                        shape=tuple(ref.shape),
-                        max_abs=max_abs,
-                        max_rel=max_rel,
-                        passed=passed,
-                        cosine=cosine_similarity(ours, ref),
-                        reference="pytorch",
-                        onnx_name=top,
-                        depth=i + 1,
-                        output=top in keep,
-                    )
-                )
-            for b in {*layer.bottoms, *layer.tops}:
-                if last_use.get(b, -1) <= i and b not in keep:
-                    values.pop(b, None)
-    return _torch_result(rows, notes, ties)
+    report = compare_layerwise(net, feed, onnx_values)
+    return _torch_result(report.rows, report.notes)
 
 
 # --- OpenCV
@@ -608,8 +522,9 @@ def run_file(
             enter("validate")
             feed = _feed(net, s)
             if s.sample_every:
-                result = _compare_lean(net, model, feed, s.sample_every)
+                result = _compare_sampled(net, model, feed, s.sample_every)
             else:
+                # compare_net follows argmax near-ties of pooling masks (and notes them)
                 report = compare_net(net, model, inputs=feed)
                 result = _torch_result(report.rows, report.notes)
                 del report
@@ -627,19 +542,6 @@ def run_file(
                 row.outcome = "mismatch"
                 row.torch = f"FAIL {row.torch}"
                 row.reason = f"first divergence: {result.first_failure}"
-                if _is_pooling_mask(net, result.first_failure_at) and not s.sample_every:
-                    enter("validate (following argmax near-ties)")
-                    lean = _compare_lean(net, model, feed)
-                    row.ties_only = lean.passed
-                    row.tie_aware_max_rel = lean.max_rel
-                    row.torch_notes = lean.notes
-                    row.torch += (
-                        f"; {'PASS' if lean.passed else 'FAIL'} {lean.max_rel:.2g} following "
-                        f"{lean.ties} argmax near-tie(s) in {len(lean.notes)} pooling layer(s)"
-                    )
-                    if not lean.passed:
-                        row.reason += f"; following the near-ties, first divergence: {lean.first_failure}"
-                    row.needs_diagnosis = not (lean.passed and lean.max_rel <= limit)
             if opencv:
                 enter("opencv")
                 try:
@@ -785,11 +687,9 @@ def summary(rows: Sequence[Row]) -> str:
         k: sum(r.outcome == k for r in rows) for k in ("validates", "mismatch", "clear", "unclear", "timeout")
     }
     converts = sum(bool(r.converts) for r in rows)
-    ties = sum(bool(r.ties_only) for r in rows)
     return (
         f"{len(rows)} files: {converts} convert, {count['validates']} validate, "
-        f"{count['mismatch']} convert but do not validate ({ties} of them pass when argmax near-ties "
-        f"are followed), {count['clear']} fail with a clear message, "
+        f"{count['mismatch']} convert but do not validate, {count['clear']} fail with a clear message, "
         f"{count['unclear']} fail unclearly (bugs), {count['timeout']} time out"
     )
 
