@@ -219,18 +219,23 @@ def _upgrade_v1(v1: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
     return layer
 
 
+def _copy_weighted_fields(v0: caffe_pb2.V0LayerParameter, p) -> None:
+    """num_output, bias term and fillers: shared by V0 conv and innerproduct."""
+    if v0.HasField("num_output"):
+        p.num_output = v0.num_output
+    p.bias_term = v0.biasterm
+    if v0.HasField("weight_filler"):
+        p.weight_filler.CopyFrom(v0.weight_filler)
+    if v0.HasField("bias_filler"):
+        p.bias_filler.CopyFrom(v0.bias_filler)
+
+
 def _upgrade_v0_into(v0: caffe_pb2.V0LayerParameter, layer: caffe_pb2.LayerParameter) -> None:
     layer.name = v0.name
     layer.type = V0_TYPE_NAMES.get(v0.type, v0.type)
     if v0.type == "conv":
         p = layer.convolution_param
-        if v0.HasField("num_output"):
-            p.num_output = v0.num_output
-        p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_weighted_fields(v0, p)
         if v0.HasField("pad"):
             p.pad.append(v0.pad)
         if v0.HasField("kernelsize"):
@@ -249,14 +254,7 @@ def _upgrade_v0_into(v0: caffe_pb2.V0LayerParameter, layer: caffe_pb2.LayerParam
         if v0.HasField("stride"):
             p.stride = v0.stride
     elif v0.type == "innerproduct":
-        p = layer.inner_product_param
-        if v0.HasField("num_output"):
-            p.num_output = v0.num_output
-        p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_weighted_fields(v0, layer.inner_product_param)
     elif v0.type == "lrn":
         p = layer.lrn_param
         p.local_size = v0.local_size
