@@ -370,6 +370,7 @@ class _Builder:
         self.strict = strict
         self.registry = options.registry or default_registry()
         self.python_map = {**self.registry.python_layer_map(), **options.python_layers}
+        self.phase_skipped: dict[str, caffe_pb2.LayerParameter] = {}  # top -> layer left out by phase rules
         self.analysis = Analysis(source=source)
         self.lines: dict[str, int] = {}
         self.all_tops: set[str] = set()  # every tensor name, also of left-out layers
@@ -485,6 +486,7 @@ class _Builder:
                 kept.append((lp, line))
             else:
                 skipped.append(lp)
+        self.phase_skipped = {top: lp for lp in skipped for top in lp.top}
         if skipped:
             self.note(
                 f"skipped {len(skipped)} layer(s) not in the TEST phase: "
@@ -765,6 +767,16 @@ class _Builder:
                 "own output (a loop). An in-place layer needs the blob to exist before it"
             )
         later = next((k for k in range(li + 1, len(entries)) if bottom in entries[k].layer.tops), None)
+        excluded = self.phase_skipped.get(bottom)
+        if later is None and excluded is not None:
+            rules = "; ".join(
+                str(r).replace("\n", " ").strip() for r in (*excluded.include, *excluded.exclude)
+            )
+            return (
+                f"{head}, which only layer '{excluded.name}' produces, and its include/exclude rules "
+                f"({rules}) leave it out of the TEST phase with no stages; use a deploy prototxt, "
+                "or edit the rules"
+            )
         if later is None:
             known = sorted({t for e in entries[:li] for t in e.layer.tops})
             close = difflib.get_close_matches(bottom, known, n=1)

@@ -441,6 +441,14 @@ CASES = [
         "  prior_box_param { min_size: 2 max_size: 1e30 } }\n",
         ("{prototxt}:4: layer 'prior' (PriorBox)", "box sizes must be below"),
     ),
+    Case(
+        "data_layer_left_out_by_stage_rules",
+        'name: "bad"\n'
+        'layer { name: "data" type: "Input" top: "data" include { phase: TEST stage: "test-on-test" }\n'
+        "  input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n"
+        'layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" }\n',
+        ("{prototxt}:4: layer 'relu' (ReLU) reads blob 'data'", "include/exclude rules", "test-on-test"),
+    ),
     # --- output files
     Case("output_directory_missing", NET, ("does not exist", "create it first"), output="out/no/such/m.onnx"),
     Case("output_parent_is_a_file", NET, ("afile",), output="out/afile/m.onnx", setup=_parent_is_a_file),
