@@ -146,6 +146,19 @@ SETTINGS: dict[str, Settings] = {
         note="layer12-maxpool keeps darknet's size rule (the port's Caffe fork)",
     ),
     # --- detection nets: decoding layers without an ONNX form are cut off
+    "faster_rcnn_zf_voc.test.prototxt": Settings(
+        outputs=("rpn_cls_prob_reshape", "rpn_bbox_pred", "conv5"),
+        note="cut before the Python ProposalLayer (RPN outputs and the shared features)",
+    ),
+    "faster_rcnn_vgg16_voc.test.prototxt": Settings(
+        outputs=("rpn_cls_prob_reshape", "rpn_bbox_pred", "conv5_3"),
+        note="cut before the Python ProposalLayer (RPN outputs and the shared features)",
+    ),
+    "mobilenet_ssd_voc.deploy.prototxt": Settings(
+        outputs=("mbox_loc", "mbox_conf_flatten", "mbox_priorbox"),
+        note="cut before DetectionOutput: with random weights every score saturates at 1.0 and "
+        "equal scores order rows arbitrarily (DetectionOutput itself is validated on SSD300)",
+    ),
     "yolov2_darknet19_eric612.deploy.prototxt": Settings(
         outputs=("conv22",), note="cut before YoloDetectionOutput"
     ),
