@@ -110,6 +110,13 @@ def _add_net_arguments(parser: argparse.ArgumentParser, weights: bool = True) ->
         help="convert the named layer with the handler of TYPE, e.g. layer12-maxpool=DarknetPooling (repeatable)",
     )
     parser.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a NetState stage for the layers' include/exclude rules (repeatable; phase is TEST)",
+    )
+    parser.add_argument(
         "--plugin",
         action="append",
         default=[],
@@ -244,6 +251,7 @@ def _load_options(args: argparse.Namespace) -> dict:
         "input_shapes": dict(args.input_shape),
         "python_layers": dict(args.python_layer),
         "layer_types": dict(args.layer_type),
+        "stages": list(args.stage),
     }
     if getattr(args, "random_weights", None) is not None:
         options["random_weights"] = args.random_weights

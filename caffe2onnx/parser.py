@@ -95,6 +95,7 @@ class LoadOptions:
     random_weights: int | None = None
     python_layers: Mapping[str, str] = field(default_factory=dict)
     layer_types: Mapping[str, str] = field(default_factory=dict)
+    stages: Sequence[str] = ()
     outputs: Sequence[str] | None = None
     registry: Registry | None = None
     require_weights: bool = True
@@ -142,6 +143,7 @@ def load_net(
     registry: Registry | None = None,
     require_weights: bool = True,
     layer_types: Mapping[str, str] | None = None,
+    stages: Sequence[str] = (),
 ) -> Net:
     """Parse a Caffe net (prototxt + optional caffemodel) into the IR.
 
@@ -149,7 +151,8 @@ def load_net(
     ``random_weights`` is a seed for layers that have no weights; ``python_layers`` maps
     ``"module.Class"`` of Python layers to a handler type; ``outputs`` selects the
     graph outputs (Caffe blob names); ``layer_types`` re-types layers by name
-    (``{"layer12-maxpool": "DarknetPooling"}``). ``require_weights=False`` builds the structure
+    (``{"layer12-maxpool": "DarknetPooling"}``); ``stages`` are NetState stages for the
+    layers' include/exclude rules (phase is always TEST). ``require_weights=False`` builds the structure
     only (for ``inspect``). ``registry`` holds the handlers (default: the built-in ones
     plus the plugins loaded with :func:`caffe2onnx.plugins.load_plugins`). Raises the
     first problem found as a :class:`Caffe2OnnxError`.
@@ -160,7 +163,7 @@ def load_net(
     if caffemodel is not None and not isinstance(caffemodel, CaffeModel):
         model = read_caffemodel(caffemodel)
     options = _options(
-        input_shapes, random_weights, python_layers, outputs, registry, require_weights, layer_types
+        input_shapes, random_weights, python_layers, outputs, registry, require_weights, layer_types, stages
     )
     return build_net(net_param, source, model, options, lines=layer_lines(text))
 
@@ -174,6 +177,7 @@ def analyze_net(
     outputs: Sequence[str] | None = None,
     registry: Registry | None = None,
     layer_types: Mapping[str, str] | None = None,
+    stages: Sequence[str] = (),
     **_ignored: object,
 ) -> Analysis:
     """Build as much of the net as possible and collect *every* problem (never raises a
@@ -192,7 +196,7 @@ def analyze_net(
         except Caffe2OnnxError as exc:
             problems.append(exc)
             model = None
-    options = _options(input_shapes, None, python_layers, outputs, registry, False, layer_types)
+    options = _options(input_shapes, None, python_layers, outputs, registry, False, layer_types, stages)
     analysis = analyze_net_param(net_param, source, model, options, lines=layer_lines(text))
     analysis.problems[:0] = problems
     return analysis
@@ -230,13 +234,21 @@ def build_net(
 
 
 def _options(
-    input_shapes, random_weights, python_layers, outputs, registry, require_weights, layer_types=None
+    input_shapes,
+    random_weights,
+    python_layers,
+    outputs,
+    registry,
+    require_weights,
+    layer_types=None,
+    stages=(),
 ) -> LoadOptions:
     return LoadOptions(
         input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()},
         random_weights=random_weights,
         python_layers=dict(python_layers or {}),
         layer_types=dict(layer_types or {}),
+        stages=tuple(stages),
         outputs=outputs,
         registry=registry,
         require_weights=require_weights,
@@ -474,6 +486,7 @@ class _Builder:
         state = caffe_pb2.NetState()
         state.CopyFrom(spec.state)
         state.phase = caffe_pb2.TEST
+        state.stage.extend(s for s in self.options.stages if s not in state.stage)
         kept = []
         skipped = []
         lines = spec.lines or [None] * len(spec.layers)
@@ -774,8 +787,8 @@ class _Builder:
             )
             return (
                 f"{head}, which only layer '{excluded.name}' produces, and its include/exclude rules "
-                f"({rules}) leave it out of the TEST phase with no stages; use a deploy prototxt, "
-                "or edit the rules"
+                f"({rules}) leave it out of the TEST phase with these stages; select its stage with --stage, "
+                "use a deploy prototxt, or edit the rules"
             )
         if later is None:
             known = sorted({t for e in entries[:li] for t in e.layer.tops})

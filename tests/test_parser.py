@@ -386,3 +386,18 @@ def test_make_weights_keeps_the_fillers_of_frozen_layers(tmp_path):
     np.testing.assert_array_equal(loaded.layer("sum").weights[0], np.ones((1, 3, 1, 1), np.float32))
     assert not np.allclose(loaded.layer("learned").weights[0], 1.0), "learned layers get random weights"
     assert net.layer("sum").frozen and not net.layer("learned").frozen
+
+
+def test_stages_select_layers_by_their_include_rules(tmp_path):
+    text = """
+    layer { name: "a" type: "Input" top: "data" include { phase: TEST stage: "small" }
+      input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }
+    layer { name: "b" type: "Input" top: "data" include { phase: TEST stage: "large" }
+      input_param { shape { dim: 1 dim: 1 dim: 8 dim: 8 } } }
+    layer { name: "relu" type: "ReLU" bottom: "data" top: "relu" }
+    """
+    path = write(tmp_path, text)
+    assert caffe2onnx.load_net(path, stages=["small"]).inputs == (("data", (1, 1, 4, 4)),)
+    assert caffe2onnx.load_net(path, stages=["large"]).inputs == (("data", (1, 1, 8, 8)),)
+    with pytest.raises(NetDefinitionError, match="--stage"):
+        caffe2onnx.load_net(path)

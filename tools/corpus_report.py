@@ -68,6 +68,7 @@ class Settings:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     python_layers: dict[str, str] | None = None
     layer_types: dict[str, str] | None = None
+    stages: tuple[str, ...] = ()
     outputs: tuple[str, ...] | None = None
     #: why these sizes (shown in the matrix)
     note: str = ""
@@ -88,6 +89,7 @@ class Settings:
             input_shapes=shapes,
             python_layers=self.python_layers,
             layer_types=self.layer_types,
+            stages=self.stages,
             outputs=self.outputs,
         )
 
@@ -140,6 +142,11 @@ SETTINGS: dict[str, Settings] = {
         {"data": (1, 3, 128, 256)},
         python_layers={"spatial_dropout.SpatialDropoutLayer": "Dropout"},
         note="reduced (real 512x1024, same aspect)",
+    ),
+    "mnist_autoencoder.train.prototxt": Settings(
+        {"data": (1, 1, 28, 28)},
+        stages=("test-on-test",),
+        note="stage test-on-test selects its TEST data layer",
     ),
     "yolov3_tiny.deploy.prototxt": Settings(
         layer_types={"layer12-maxpool": "DarknetPooling"},
