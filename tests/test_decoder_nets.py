@@ -344,7 +344,7 @@ def _params():
         yield pytest.param(key, marks=marks, id=key)
 
 
-@pytest.mark.parametrize("key", _params())
+@pytest.mark.parametrize("key", list(_params()))
 def test_decoder_net_matches_torch_and_opencv(key, workdir):
     result = run_decoder_net(key, workdir)
     assert result.torch.passed, f"{key} vs torch:\n{result.torch.summary()}"
