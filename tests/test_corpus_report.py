@@ -49,10 +49,10 @@ def test_template_fails_with_a_clear_message():
 
 
 def test_unsupported_type_is_listed_and_fails_clearly():
-    row = report.run_file("opencv_correlation.test.prototxt", CORPUS)
+    row = report.run_file("ssd300_vgg16_voc0712_tensorrt_iplugin.deploy.prototxt", CORPUS)
     assert row.outcome == "clear" and row.error_type == "UnsupportedLayersError"
-    assert row.unsupported == ["Correlation"]
-    assert "Correlation: corr" in row.reason and row.converts is False
+    assert row.unsupported == ["IPlugin"]
+    assert "IPlugin: conv4_3_norm" in row.reason and row.converts is False
 
 
 def test_markdown_row_and_summary():
@@ -99,7 +99,7 @@ def test_file_format(text, expected):
 
 def test_subprocess_driver_returns_the_row_and_survives_a_timeout():
     row = report.run_in_subprocess("opencv_accum.test.prototxt", CORPUS, 120, opencv=False, threads=1)
-    assert row.finished and row.outcome == "clear" and row.unsupported == ["Accum"]
+    assert row.finished and row.outcome == "validates" and row.validates
     slow = report.run_in_subprocess("lenet_mnist.deploy.prototxt", CORPUS, 0.2, opencv=False, threads=1)
     assert slow.outcome == "timeout" and slow.reason.startswith("timeout after 0 s during")
 

@@ -29,6 +29,7 @@ HANDLER_MODULES = (
     "caffe2onnx.layers.ssd",
     "caffe2onnx.layers.channel_ops",
     "caffe2onnx.layers.roi_pooling",
+    "caffe2onnx.layers.flow",
 )
 
 
