@@ -72,11 +72,17 @@ def test_classification_net_matches_opencv_and_torch(key, weights_dir):
     inputs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in net.inputs}
 
     # OpenCV runs the original prototxt; its batch size comes from the input we feed it.
+    # The outputs, and the logits before a final Softmax (random weights can saturate the
+    # Softmax to one-hot, which would hide differences in everything before it).
     producers = net.producer()
-    opencv_layers = [producers[out].caffe_name or producers[out].name for out in net.outputs]
+    compared = list(net.outputs)
+    for out in net.outputs:
+        if producers[out].type == "Softmax":
+            compared.append(producers[out].bottoms[0])
+    opencv_layers = [producers[t].caffe_name or producers[t].name for t in compared]
     reference = opencv_forward(prototxt, caffemodel, inputs, opencv_layers)
-    ours = run_onnx(model, inputs)
-    for out, layer_name in zip(net.outputs, opencv_layers):
+    ours = run_onnx(model, inputs, compared)
+    for out, layer_name in zip(compared, opencv_layers):
         max_abs, max_rel, passed = compare_arrays(
             ours[out], reference[layer_name].reshape(ours[out].shape), rtol, 1e-6
         )
