@@ -122,20 +122,7 @@ def render_html(report: ValidationReport) -> str:
     head_cells.append("result")
     body = []
     for row in report.rows:
-        blob = row.tensor if row.onnx_name in ("", row.tensor) else f"{row.tensor} (ONNX: {row.onnx_name})"
-        cells = [
-            str(row.depth),
-            row.layer,
-            row.layer_type,
-            blob,
-            fmt_shape(row.shape),
-            _num(row.max_abs),
-            _num(row.max_rel),
-            f"{row.cosine:.6f}" if math.isfinite(row.cosine) else str(row.cosine),
-        ]
-        if several:
-            cells.append(row.reference)
-        cells.append("ok" if row.passed else "FAIL")
+        cells = [str(row.depth), *row.cells(with_reference=several, onnx_label="ONNX: ")]
         css = "pass" if row.passed else "fail"
         body.append(f'<tr class="{css}">' + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     settings = [

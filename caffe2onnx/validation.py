@@ -89,6 +89,25 @@ class BlobComparison:
             cosine_similarity(ours, ref), reference, top, depth, output,
         )  # fmt: skip
 
+    def cells(self, *, with_reference: bool, onnx_label: str = "") -> list[str]:
+        """The row of the report tables: layer, type, blob, shape, errors, cosine, verdict."""
+        blob = self.tensor
+        if self.onnx_name and self.onnx_name != self.tensor:
+            blob = f"{self.tensor} ({onnx_label}{self.onnx_name})"
+        cells = [
+            self.layer,
+            self.layer_type,
+            blob,
+            fmt_shape(self.shape),
+            _fmt(self.max_abs),
+            _fmt(self.max_rel),
+            f"{self.cosine:.6f}" if math.isfinite(self.cosine) else str(self.cosine),
+        ]
+        if with_reference:
+            cells.append(self.reference)
+        cells.append("ok" if self.passed else "FAIL")
+        return cells
+
     def worst(self, other: BlobComparison) -> BlobComparison:
         """Combine the comparisons of two seeds: the larger errors, the lower cosine."""
         return replace(
@@ -179,21 +198,7 @@ class ValidationReport:
         headers.append("")
         lines = []
         for row in self.rows:
-            line = [
-                row.layer,
-                row.layer_type,
-                row.tensor
-                if not row.onnx_name or row.onnx_name == row.tensor
-                else f"{row.tensor} ({row.onnx_name})",
-                fmt_shape(row.shape),
-                _fmt(row.max_abs),
-                _fmt(row.max_rel),
-                f"{row.cosine:.6f}" if math.isfinite(row.cosine) else str(row.cosine),
-            ]
-            if several:
-                line.append(row.reference)
-            line.append("ok" if row.passed else "FAIL")
-            lines.append(line)
+            lines.append(row.cells(with_reference=several))
         widths = [
             max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)
         ]
