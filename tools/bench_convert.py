@@ -112,7 +112,8 @@ def child_ours(args) -> dict:
 
     default_registry()  # imports the handler modules (import time, like onnx's for the floor)
     start = time.perf_counter()
-    net = load_net(args.prototxt, args.caffemodel, input_shapes={"data": args.shape})
+    # The compared blob is the graph's output (ResNet's logits, not its saturated Softmax).
+    net = load_net(args.prototxt, args.caffemodel, input_shapes={"data": args.shape}, outputs=[args.blob])
     saved = save_model(net, args.output, optimize=True)
     seconds = time.perf_counter() - start
     return {
@@ -245,7 +246,12 @@ def bench_model(name: str, model: BenchModel, workdir: Path, args) -> dict:
             os.sync()  # and starts with no dirty pages of the previous run to be throttled by
             reports[kind].append(
                 run_child(
-                    kind, prototxt=prototxt, caffemodel=caffemodel, output=output, shape=model.input_shape
+                    kind,
+                    prototxt=prototxt,
+                    caffemodel=caffemodel,
+                    output=output,
+                    shape=model.input_shape,
+                    blob=model.output,
                 )
             )
     latency: dict[str, list[float]] = {"ort": [], "opencv": []}
